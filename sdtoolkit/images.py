@@ -1,0 +1,84 @@
+"""Image loading (any mode, bit depth and aspect) and conversions."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UsageError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any PIL mode: grayscale, palette, RGBA (composited on white), 16-bit (I;16 / I)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(
+    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0
+) -> Image.Image:
+    """Open an image, cut the crop offsets, centre-crop to a square and resize to ``size``×``size`` (RGB)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"image {str(path)!r} does not exist (or is not a file)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = to_rgb(im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{str(path)!r} is not a readable image ({exc})") from exc
+    w, h = image.size
+    if left + right >= w or top + bottom >= h or min(left, right, top, bottom) < 0:
+        raise UsageError(f"crop offsets left={left} right={right} top={top} bottom={bottom} do not fit a {w}×{h} image")
+    image = image.crop((left, top, w - right, h - bottom))
+    w, h = image.size
+    side = min(w, h)
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    image = image.crop((x0, y0, x0 + side, y0 + side))
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB → (1, 3, H, W) float in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    return arr.permute(2, 0, 1).unsqueeze(0)  # (H, W, 3) → (1, 3, H, W)
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) float in [0, 1] → PIL RGB."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    if x.ndim == 4:
+        x = x[0]
+    return Image.fromarray((x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def image_grid(images: list[Image.Image], gap: int = 0) -> Image.Image:
+    """Images side by side in one row."""
+    w, h = images[0].size
+    grid = Image.new("RGB", (len(images) * w + gap * (len(images) - 1), h), (255, 255, 255))
+    for i, im in enumerate(images):
+        grid.paste(im.resize((w, h)), (i * (w + gap), 0))
+    return grid

@@ -1,0 +1,51 @@
+"""File layout shared by the scripts: safe case file names and atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+
+def safe_name(text: str) -> str:
+    """Make a prompt usable as (part of) a file name: path separators and NULs become '_'."""
+    return text.replace("/", "_").replace("\\", "_").replace("\0", "_").strip()
+
+
+def case_filename(case: int | str, text: str, ext: str = ".png") -> str:
+    """The reference's flat file name for a case: ``"{case} {text}.png"``."""
+    return f"{case} {safe_name(text)}{ext}"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it onto ``path``.
+
+    Readers never see a half-written file: either the old file or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_image(path: str | os.PathLike, image: Image.Image) -> Path:
+    """Save a PIL image atomically (format from the suffix of ``path``)."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))

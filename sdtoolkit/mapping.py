@@ -1,0 +1,93 @@
+"""StyleDiffusion's per-step mapping networks M_t as one module, saved as safetensors + JSON sidecar."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UsageError
+from .layout import atomic_write, write_json
+
+
+class StepMapper(nn.Module):
+    """M_t: image tokens (1, N, D) → scale s (1, L, D) and shift b (1, L, D).
+
+    Conv1d(N→2L, k=1) → Conv1d(2L→2L) → BatchNorm1d(2L) → LeakyReLU → Conv1d(2L→2L). BatchNorm always
+    uses the statistics of its input (no running statistics), as the reference does in training *and*
+    editing, so editing computes exactly what training computed.
+    """
+
+    def __init__(self, num_image_tokens: int = 197, max_length: int = 77) -> None:
+        super().__init__()
+        width = 2 * max_length
+        self.max_length = max_length
+        self.net = nn.Sequential(
+            nn.Conv1d(num_image_tokens, width, kernel_size=1),
+            nn.Conv1d(width, width, kernel_size=1),
+            nn.BatchNorm1d(width, track_running_stats=False),
+            nn.LeakyReLU(),
+            nn.Conv1d(width, width, kernel_size=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(features)  # (1, 2L, D)
+        return out[:, : self.max_length], out[:, self.max_length :]
+
+
+class MappingNetworks(nn.Module):
+    """M_1 … M_T as an ``nn.ModuleList`` indexed by sampling step i (0 = noisiest)."""
+
+    def __init__(self, num_steps: int, num_image_tokens: int = 197, max_length: int = 77) -> None:
+        super().__init__()
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.nets = nn.ModuleList(StepMapper(num_image_tokens, max_length) for _ in range(num_steps))
+
+    def init_from_previous(self, i: int) -> None:
+        """M_i starts as a copy of M_{i-1} (M_0 keeps its default initialisation)."""
+        if i > 0:
+            self.nets[i].load_state_dict(copy.deepcopy(self.nets[i - 1].state_dict()))
+
+    def value_input(self, i: int, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """c̃_t = c ⊙ s + b for text embeddings c (B, L, D) of the branch's prompt; fp32."""
+        scale, shift = self.nets[i](features.float())
+        return text.float() * scale + shift
+
+
+def sidecar_path(weights_path: str | os.PathLike) -> Path:
+    """The JSON sidecar beside a ``.safetensors`` file (same stem)."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_learned(path: str | os.PathLike, tensors: dict[str, torch.Tensor], sidecar: dict) -> Path:
+    """Save learned tensors (safetensors) and the sidecar (JSON), both atomically; the sidecar last."""
+    path = Path(path)
+    flat = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    write_json(sidecar_path(path), sidecar)
+    return path
+
+
+def load_learned(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load what :func:`save_learned` wrote (never unpickles)."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file() or not side.is_file():
+        raise FileNotFoundError(str(path if not path.is_file() else side))
+    return load_file(str(path)), json.loads(side.read_text(encoding="utf-8"))
+
+
+def mapping_from_tensors(tensors: dict[str, torch.Tensor], num_steps: int) -> MappingNetworks:
+    """Rebuild :class:`MappingNetworks` from saved tensors (keys ``nets.{i}.net.*``)."""
+    weight = tensors.get("nets.0.net.0.weight")
+    if weight is None:
+        raise UsageError("the file holds no mapping networks (no 'nets.0.net.0.weight' tensor)")
+    nets = MappingNetworks(num_steps, num_image_tokens=weight.shape[1], max_length=weight.shape[0] // 2)
+    state = {k: v for k, v in tensors.items() if k.startswith("nets.")}
+    nets.load_state_dict(state, strict=True)
+    return nets

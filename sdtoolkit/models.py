@@ -1,0 +1,251 @@
+"""Loading a Stable Diffusion pipeline (hub id, local folder, ``tiny`` or ``toy``) plus the CLIP image encoder.
+
+Everything the method needs from the networks goes through :class:`SDModels`: text and image encoding
+(once per prompt / image), VAE encode/decode and the UNet noise prediction with an :class:`AttnCall`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+from .attention import AttnCall, LayerInfo, unet_layers
+from .ddim import make_schedule, scaled_linear_alphas_cumprod
+from .errors import UsageError
+
+SD_VERSIONS: dict[str, str] = {
+    "sd_1_4": "CompVis/stable-diffusion-v1-4",
+    "sd_1_5": "runwayml/stable-diffusion-v1-5",
+}
+DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
+TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "toy_model"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto``/None → cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1)") from exc
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """Precision of the networks: fp32 on CPU; bf16 on GPU (fp16 where bf16 is unsupported)."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype in (None, "auto"):
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in names:
+        raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+@dataclass
+class SDModels:
+    """The frozen networks of a Stable Diffusion 1.x pipeline and the image encoder of StyleDiffusion."""
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    image_encoder: CLIPVisionModel
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input image (512 for SD 1.x)."""
+        return self.latent_size * self.vae_scale_factor
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    def layers(self) -> list[LayerInfo]:
+        return unet_layers(self.unet)
+
+    def schedule(self, num_steps: int):
+        """The DDIM schedule of SPEC §2 over ``num_steps`` steps."""
+        return make_schedule(num_steps, scaled_linear_alphas_cumprod())
+
+    def token_count(self, prompt: str) -> int:
+        """Number of tokens of ``prompt`` including BOS and EOS."""
+        return len(self.tokenizer(prompt).input_ids)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (B, 77, D) in the network dtype."""
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
+        """z_0 = scaling_factor · mean(E_vae(x)) for x (1, 3, H, W) in [-1, 1]; fp32."""
+        dist = self.vae.encode(image.to(self.device, self.dtype)).latent_dist
+        return dist.mean.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], fp32."""
+        x = self.vae.decode((z / self.vae.config.scaling_factor).to(self.dtype)).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """E(x): all tokens after the final layer norm, (1, 197, D), for x in [-1, 1]; fp32.
+
+        [-1, 1] → [0, 1] → resize 224 bicubic → centre crop 224 → CLIP mean/std.
+        """
+        size = int(self.image_encoder.config.image_size)
+        x = (image.float() / 2 + 0.5).clamp(0, 1)
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
+                          antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        x = x[..., top:top + size, left:left + size]
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(self.device, self.dtype)
+        out = self.image_encoder(pixel_values=x).last_hidden_state
+        return getattr(self.image_encoder, "vision_model", self.image_encoder).post_layernorm(out).float()
+
+    def eps(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall) -> torch.Tensor:
+        """UNet noise prediction (fp32) for latents z (B, 4, h, w) at timestep t with per-call state."""
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype),
+                        cross_attention_kwargs={"call": call}).sample
+        return out.float()
+
+
+def _check_pipeline_folder(path: Path) -> None:
+    missing = [p for p in PIPELINE_PARTS if not (path / p).is_dir()]
+    if missing:
+        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        raise UsageError(
+            f"--model {str(path)!r} is not a Stable Diffusion pipeline folder: missing {', '.join(m + '/' for m in missing)}"
+            f" (found: {', '.join(found) or 'nothing'}). A diffusers SD folder has model_index.json, unet/, vae/,"
+            " text_encoder/, tokenizer/ (as written by StableDiffusionPipeline.save_pretrained or"
+            " `hf download CompVis/stable-diffusion-v1-4 --local-dir DIR`)."
+        )
+
+
+def _load(cls, source: str, subfolder: str | None, what: str, **kwargs):
+    try:
+        if subfolder is None:
+            return cls.from_pretrained(source, **kwargs)
+        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise UsageError(
+            f"could not load the {what} from {source!r}{' (HF_HUB_OFFLINE is set)' if offline else ''}: the weights are "
+            "neither reachable (no network?) nor in the Hugging Face cache. On a machine with network run "
+            f"`hf download {source} --local-dir ./weights/{source.split('/')[-1]}` and pass that folder with "
+            f"--model ./weights/{source.split('/')[-1]}. ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+
+
+def load_models(
+    model: str,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    image_encoder: str | None = None,
+) -> SDModels:
+    """Load ``model``: ``tiny`` (random, in process), ``toy`` (shipped), a local folder or a hub id.
+
+    The image encoder comes from ``image_encoder`` if given, else the pipeline folder's ``image_encoder/``,
+    else ``openai/clip-vit-base-patch16``.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if model in SD_VERSIONS:
+        model = SD_VERSIONS[model]
+    if model == "tiny":
+        from .tiny import build_tiny_models
+
+        parts = build_tiny_models()
+        model_id = "tiny"
+    else:
+        source = str(TOY_MODEL_DIR) if model == "toy" else model
+        if model == "toy" and not TOY_MODEL_DIR.is_dir():
+            raise UsageError(f"--model toy: the shipped toy model folder {TOY_MODEL_DIR} is missing")
+        path = Path(source)
+        is_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
+        if is_local:
+            if not path.is_dir():
+                raise UsageError(
+                    f"--model {source!r}: no such folder, and not a hub id of the form owner/name "
+                    f"(known aliases: tiny, toy, {', '.join(SD_VERSIONS)})"
+                )
+            _check_pipeline_folder(path)
+        parts = {
+            "unet": _load(UNet2DConditionModel, source, "unet", "UNet"),
+            "vae": _load(AutoencoderKL, source, "vae", "VAE"),
+            "text_encoder": _load(CLIPTextModel, source, "text_encoder", "text encoder"),
+            "tokenizer": _load(CLIPTokenizer, source, "tokenizer", "tokenizer"),
+        }
+        enc_source = image_encoder
+        if enc_source is None:
+            enc_source = str(path / "image_encoder") if is_local and (path / "image_encoder").is_dir() else DEFAULT_IMAGE_ENCODER
+        parts["image_encoder"] = _load(CLIPVisionModel, enc_source, None, "image encoder")
+        model_id = "toy" if model == "toy" else source
+    if parts["unet"].config.cross_attention_dim != parts["image_encoder"].config.hidden_size:
+        raise UsageError(
+            f"image encoder width {parts['image_encoder'].config.hidden_size} differs from the UNet's text width "
+            f"{parts['unet'].config.cross_attention_dim}: the mapping networks need equal widths"
+        )
+    for name in ("unet", "vae", "text_encoder", "image_encoder"):
+        net = parts[name]
+        net.requires_grad_(False)
+        net.eval()
+        net.to(dev)
+        if dt != torch.float32:
+            net.to(dtype=dt)
+    return SDModels(model_id=model_id, device=dev, dtype=dt, **parts)
+
+
+def save_pipeline_folder(models: SDModels, path: str | os.PathLike) -> Path:
+    """Write ``models`` as a diffusers SD pipeline folder (+ ``image_encoder/``) loadable by :func:`load_models`."""
+    path = Path(path)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "image_encoder"):
+        getattr(models, name).save_pretrained(path / name)
+    from .ddim import SCHEDULER_CONFIG
+
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    (path / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDIMScheduler", **SCHEDULER_CONFIG}, indent=2))
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path

@@ -1,0 +1,1 @@
+"""Toy world: captioned shape scenes and a tiny Stable-Diffusion-shaped model for offline editing tests."""
