@@ -1,0 +1,117 @@
+"""StyleDiffusion on one image: train the mapping networks (``--is_train True``) or edit with them (``--is_train ''``).
+
+Flags mirror the reference scripts; ``--model`` takes a hub id, a local diffusers SD folder, ``tiny``
+(random weights, outputs are noise) or ``toy`` (the shipped toy model).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdtoolkit import cli
+from sdtoolkit.errors import UsageError
+from sdtoolkit.inversion import METHODS
+from sdtoolkit.models import SD_VERSIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to do")
+    g.add_argument("--is_train", type=cli.str2bool, default=True, help="True: invert/train; '' or False: edit")
+    g.add_argument("--inversion", choices=METHODS, default="stylediffusion", help="inversion method")
+    g = p.add_argument_group("input")
+    g.add_argument("--index", default="0", help="case index used in file names")
+    g.add_argument("--prompt", required=True, help="source prompt describing the image")
+    g.add_argument("--image_path", required=True, help="input image (any size, mode or bit depth)")
+    g.add_argument("--crop", type=int, nargs=4, default=(0, 0, 0, 0), metavar=("LEFT", "RIGHT", "TOP", "BOTTOM"),
+                   help="pixels cut from each side before the centred square crop")
+    g.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word mode (prompt 'dog', target 'tiger')")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="hub id, local SD folder, 'tiny' or 'toy' (default: --sd_version)")
+    g.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
+    g.add_argument("--image_encoder", default=None, help="CLIP vision model (default: folder's image_encoder/ or "
+                   "openai/clip-vit-base-patch16)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    g = p.add_argument_group("training")
+    g.add_argument("--num_ddim_steps", type=int, default=30)
+    g.add_argument("--guidance_scale", type=float, default=7.5)
+    g.add_argument("--num_inner_steps", type=int, default=None,
+                   help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext)")
+    g.add_argument("--num_epoch", type=int, default=1)
+    g.add_argument("--w_attnloss", type=cli.str2bool, default=True, help="add the cross-attention loss")
+    g.add_argument("--attn_pairing", choices=("same", "reference"), default="same",
+                   help="'reference' pairs step i with the maps one step noisier (the reference's shift)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
+    g.add_argument("--overwrite", action="store_true", help="replace a result trained with other settings")
+    g = p.add_argument_group("editing")
+    g.add_argument("--target", default=None, help="target prompt")
+    g.add_argument("--tau_v", default="[.5,]", help="fractions of steps with M_t on the target's value path")
+    g.add_argument("--tau_c", default="[.6,]", help="cross-attention replacement fractions")
+    g.add_argument("--tau_s", default="[.6,]", help="conditional self-attention replacement fractions")
+    g.add_argument("--tau_u", default="[.0,]", help="unconditional self-attention replacement fractions (P2Plus)")
+    g.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
+    g.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
+    g.add_argument("--edit_type", default="Replacement", choices=("Replacement", "Refinement", "StoreAttn"))
+    g.add_argument("--outdir", default="stylediffusion-results/Others")
+    return p
+
+
+def configs(args: argparse.Namespace):
+    """InvertConfig and EditConfig from parsed arguments (validated)."""
+    from sdtoolkit.jobs import EditConfig, InvertConfig
+
+    if args.sd_version not in SD_VERSIONS:
+        raise UsageError(f"--sd_version {args.sd_version!r} is not one of {', '.join(SD_VERSIONS)}")
+    model = args.model or SD_VERSIONS[args.sd_version]
+    inner = args.num_inner_steps
+    if inner is None:
+        inner = 10 if args.inversion == "nulltext" else 100
+    if inner < 1 or args.num_epoch < 1 or args.num_ddim_steps < 1:
+        raise UsageError("--num_inner_steps, --num_epoch and --num_ddim_steps must be >= 1")
+    inv = InvertConfig(
+        prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=args.inversion,
+        num_ddim_steps=args.num_ddim_steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
+        attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir,
+    )
+    edit = EditConfig(
+        target=args.target, edit_type=args.edit_type, tau_v=cli.fraction_list(args.tau_v, "--tau_v"),
+        tau_c=cli.fraction_list(args.tau_c, "--tau_c"), tau_s=cli.fraction_list(args.tau_s, "--tau_s"),
+        tau_u=cli.fraction_list(args.tau_u, "--tau_u"), blend_word=cli.blend_words(args.blend_word),
+        eq_params=cli.eq_params(args.eq_params), outdir=args.outdir,
+    )
+    return inv, edit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        parser.error(str(exc))
+    inv_cfg, edit_cfg = configs(args)
+    from sdtoolkit import jobs
+    from sdtoolkit.images import sha256_file
+    from sdtoolkit.models import load_models
+
+    jobs.check_input_file(inv_cfg.image_path)
+    if args.is_train and jobs.existing_status(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite):
+        print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")
+        return 0
+    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder)
+    if args.is_train:
+        result = jobs.invert(models, inv_cfg, overwrite=args.overwrite)
+        rec = result.sidecar["reconstruction"]
+        print(f"saved {result.path} and {result.path.with_suffix('.json')}")
+        print(f"latent MSE to z_0 with guidance {inv_cfg.guidance_scale}: plain DDIM {rec['ddim_cfg_latent_mse']:.4g}, "
+              f"{inv_cfg.inversion} {rec['trained_latent_mse']:.4g}; {result.sidecar['elapsed_seconds']:.1f} s")
+        return 0
+    files = jobs.run_edit(models, inv_cfg, edit_cfg)
+    print(f"wrote {len(files)} files under {files[0].parent if files else edit_cfg.outdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
