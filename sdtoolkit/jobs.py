@@ -30,7 +30,7 @@ from .attention import map_layers
 from .layout import case_filename, save_image, write_json
 from .mapping import load_learned, save_learned, sidecar_path
 from .models import SDModels
-from .words import prompt_tokens, word_spans
+from .words import find_word_tokens, prompt_tokens, word_spans
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
@@ -219,12 +219,12 @@ def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, tex
     try:
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
-        raise UsageError(f"no trained result at {path}; train first with:\n  {cfg.train_command()}") from None
+        raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
     want = {"image_sha256": source.sha256, "model": cfg.model, "num_ddim_steps": cfg.num_ddim_steps}
     diff = {k: (sidecar.get(k), v) for k, v in want.items() if sidecar.get(k) != v}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise UsageError(f"{path} was made for another input ({details}); retrain with:\n  {cfg.train_command()}")
+        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()}")
     inv = inversion_from_tensors(cfg.inversion, tensors, null, text, cfg.num_ddim_steps)
     return inv, sidecar
 
@@ -268,11 +268,11 @@ def expected_files(cfg: InvertConfig, edit: EditConfig) -> list[Path]:
     return out
 
 
-def validate_edit(cfg: InvertConfig, edit: EditConfig, tokenizer) -> None:
+def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = False) -> None:
     """Check an edit request before any network runs (clear errors naming the bad value)."""
     if edit.edit_type not in ptp_utils.EDIT_TYPES:
         raise UsageError(f"--edit_type {edit.edit_type!r} is not one of {', '.join(ptp_utils.EDIT_TYPES)}")
-    check_prompt(cfg.prompt, tokenizer, cfg.is_1word)
+    check_prompt(prompt, tokenizer, is_1word)
     for name in ("tau_v", "tau_c", "tau_s", "tau_u"):
         values = getattr(edit, name)
         if not values or any(not 0.0 <= float(v) <= 1.0 for v in values):
@@ -281,59 +281,59 @@ def validate_edit(cfg: InvertConfig, edit: EditConfig, tokenizer) -> None:
         return
     if not edit.target:
         raise UsageError(f"--target is required for --edit_type {edit.edit_type} (the edited prompt, e.g. 'a tiger')")
-    check_prompt(edit.target, tokenizer, cfg.is_1word, what="--target")
+    check_prompt(edit.target, tokenizer, is_1word, what="--target")
     if edit.edit_type == "Replacement":
-        src, tgt = word_spans(cfg.prompt, tokenizer), word_spans(edit.target, tokenizer)
+        src, tgt = word_spans(prompt, tokenizer), word_spans(edit.target, tokenizer)
         if len(src) != len(tgt):
             raise UsageError(
-                f"Replacement needs prompts with the same number of words: {cfg.prompt!r} has {len(src)}, "
+                f"Replacement needs prompts with the same number of words: {prompt!r} has {len(src)}, "
                 f"{edit.target!r} has {len(tgt)}; use --edit_type Refinement for inserted or removed words"
             )
     groups = []
     if edit.blend_word:
-        groups += [(cfg.prompt, w, "--blend_word source") for w in edit.blend_word[0]]
+        groups += [(prompt, w, "--blend_word source") for w in edit.blend_word[0]]
         groups += [(edit.target, w, "--blend_word target") for w in edit.blend_word[1]]
     if edit.eq_params:
         groups += [(edit.target, w, "--eq_params") for w in edit.eq_params[0]]
     for prompt, word, what in groups:
         try:
-            from .words import find_word_tokens
-
             find_word_tokens(prompt, word, tokenizer)
         except ValueError:
             tokens = [t for t in prompt_tokens(prompt, tokenizer)[1:-1]]
             raise UsageError(f"{what} word {word!r} is not in {prompt!r}; its tokens are: {tokens}") from None
 
 
-def build_controller(models: SDModels, cfg: InvertConfig, edit: EditConfig, tau_c: float, tau_s: float,
+def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps: int, tau_c: float, tau_s: float,
                      tau_u: float) -> ptp_utils.P2PController:
-    prompts = [cfg.prompt, edit.target]
+    """The P2Plus controller for [prompt, edit.target] with one tau combination."""
+    prompts = [prompt, edit.target]
     tok = models.tokenizer
     equalizer = ptp_utils.get_equalizer(edit.target, *edit.eq_params, tok) if edit.eq_params else None
     blend = None
     if edit.blend_word:
         alphas = ptp_utils.blend_word_alphas(prompts, edit.blend_word, tok)
-        blend = ptp_utils.LocalBlend(alphas, start_step=int(0.2 * cfg.num_ddim_steps))
+        blend = ptp_utils.LocalBlend(alphas, start_step=int(0.2 * num_steps))
     return ptp_utils.P2PController(
-        prompts, tok, cfg.num_ddim_steps, models.layers(), models.latent_size, edit.edit_type,
+        prompts, tok, num_steps, models.layers(), models.latent_size, edit.edit_type,
         cross_replace_steps=tau_c, self_replace_steps=tau_s, uncond_self_replace_steps=tau_u,
         equalizer=equalizer, local_blend=blend,
     )
 
 
-def edit_latents(models: SDModels, inv: Inversion, cfg: InvertConfig, edit: EditConfig, tau_v: float, tau_c: float,
-                 tau_s: float, tau_u: float, texts: torch.Tensor, controller=None) -> torch.Tensor:
-    """Sample [source, target] with P2Plus; the target's value path uses M_t for steps < tau_v·T."""
-    schedule = models.schedule(cfg.num_ddim_steps)
+def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig, combo: tuple[float, float, float, float],
+                 texts: torch.Tensor, num_steps: int, guidance_scale: float = 7.5, controller=None) -> torch.Tensor:
+    """Sample [source, target] with P2Plus for combo (tau_v, tau_c, tau_s, tau_u); the target's value path uses
+    the learned input for steps < tau_v·T, the source's always. Returns latents (2, 4, h, w)."""
+    tau_v, tau_c, tau_s, tau_u = combo
     if controller is None:
-        controller = build_controller(models, cfg, edit, tau_c, tau_s, tau_u)
-    n_v = int(tau_v * cfg.num_ddim_steps)
-    return sample(models, schedule, inv, texts, lambda i: [True, i < n_v], cfg.guidance_scale, controller)
+        controller = build_controller(models, prompt, edit, num_steps, tau_c, tau_s, tau_u)
+    n_v = int(tau_v * num_steps)
+    return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, i < n_v], guidance_scale, controller)
 
 
 def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bool = True) -> list[Path]:
     """Edit one trained image for every tau combination; write edited images, grids and sidecars."""
-    validate_edit(cfg, edit, models.tokenizer)
+    validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)
     source = load_source(models, cfg.image_path, cfg.crop)
     null = models.encode_text([""]).float()
     src_text = models.encode_text([cfg.prompt]).float()
@@ -357,7 +357,7 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
     combos = edit.combinations()
     for v, c, s, u in tqdm(combos, desc="tau combinations", disable=not progress):
         start = time.perf_counter()
-        z = edit_latents(models, inv, cfg, edit, v, c, s, u, texts)
+        z = edit_latents(models, inv, cfg.prompt, edit, (v, c, s, u), texts, cfg.num_ddim_steps, cfg.guidance_scale)
         images = models.decode_latent(z)
         rec, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
         stem = combo_stem(v, c, s, u)

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random models built once, saved/reloaded through the real loading code."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from sdtoolkit.jobs import InvertConfig, invert
+from sdtoolkit.models import SDModels, load_models, save_pipeline_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAT = os.path.join(REPO, "example_images", "cat.jpg")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> SDModels:
+    """The in-process tiny model (random weights, CPU, fp32)."""
+    return load_models("tiny", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny) -> str:
+    """The tiny model written as a diffusers SD folder (with image_encoder/)."""
+    path = tmp_path_factory.mktemp("tiny_pipeline") / "tiny-sd"
+    save_pipeline_folder(tiny, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny) -> InvertConfig:
+    """StyleDiffusion trained on the cat photo with the tiny model (10 inner steps, T = 30)."""
+    cfg = InvertConfig(prompt="a cat sitting on a rug", image_path=CAT, index=7, model="tiny", num_inner_steps=10,
+                       model_dir=str(tmp_path_factory.mktemp("trained")))
+    torch.manual_seed(0)
+    invert(tiny, cfg, progress=False)
+    return cfg
