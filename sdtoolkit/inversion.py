@@ -61,17 +61,19 @@ def ddim_inversion(
     schedule: DDIMSchedule,
     record: frozenset[str] = frozenset(),
     progress: bool = False,
+    controller=None,
 ) -> InversionTrace:
-    """Run T DDIM steps forwards (guidance 1, conditional branch), keeping latents and the maps of ``record``."""
+    """Run T DDIM steps forwards (guidance 1, conditional branch), keeping latents and the maps of ``record``
+    (or, instead, passing ``controller`` to every UNet call, e.g. an attention store)."""
     num = schedule.num_steps
     latents = [z0.float()]
     maps: list[dict[str, torch.Tensor]] = [{} for _ in range(num)]
     z = z0.float()
     with style_processors(models.unet):
         for i in tqdm(reversed(range(num)), total=num, desc="DDIM inversion", disable=not progress, leave=False):
-            recorder = MapRecorder(record) if record else None
+            recorder = MapRecorder(record) if record else controller
             eps = models.eps(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder))
-            if recorder is not None:
+            if record:
                 maps[i] = {k: v.detach() for k, v in recorder.maps.items()}
             z = inversion_step(schedule, i, z, eps)
             check_finite(z, "the inversion latent", i)
