@@ -1,0 +1,100 @@
+"""P2Plus editing of *generated* images: sample a prompt from seeds and edit it with a target prompt.
+
+No inversion is needed: the source is a fresh DDIM sample from the seed's noise; the target branch gets
+prompt-to-prompt attention control plus P2Plus unconditional self-attention injection (tau_u).
+Output: ``{outdir}/{seed} {target}/edited_img-tau_c…-tau_s…-tau_u….png`` and ``grid_img-….png``
+(source | edited), plus a JSON sidecar per combination.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from sdtoolkit import cli
+from sdtoolkit.errors import UsageError
+from sdtoolkit.models import SD_VERSIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompt", required=True, help="source prompt")
+    p.add_argument("--target", required=True, help="target prompt")
+    p.add_argument("--seed", default="[0,]", help="seeds, e.g. [0,1,2] or 0,1")
+    p.add_argument("--tau_c", default="[.6,]", help="cross-attention replacement fractions")
+    p.add_argument("--tau_s", default="[.6,]", help="conditional self-attention replacement fractions")
+    p.add_argument("--tau_u", default="[.5,]", help="unconditional self-attention replacement fractions (P2Plus)")
+    p.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
+    p.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
+    p.add_argument("--edit_type", default="Replacement", choices=("Replacement", "Refinement"))
+    p.add_argument("--model", default=None, help="hub id, local SD folder, 'tiny' or 'toy' (default: --sd_version)")
+    p.add_argument("--sd_version", default="sd_1_4")
+    p.add_argument("--num_ddim_steps", type=int, default=50)
+    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--outdir", default="stylediffusion-results/p2plus")
+    return p
+
+
+def seeds(text: str) -> list[int]:
+    """Parse ``[0,1]``, ``0,1`` or ``3`` into integer seeds."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        raise UsageError(f"--seed {text!r} is not a list of integers such as [0,1,2]") from None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
+        raise UsageError(f"--seed {text!r} must be non-negative integers such as [0,1,2]")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.sd_version not in SD_VERSIONS:
+        raise UsageError(f"--sd_version {args.sd_version!r} is not one of {', '.join(SD_VERSIONS)}")
+    seed_list = seeds(args.seed)
+    from sdtoolkit.jobs import EditConfig, combo_stem, edit_latents, validate_edit, versions
+
+    edit = EditConfig(
+        target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=cli.fraction_list(args.tau_c, "--tau_c"),
+        tau_s=cli.fraction_list(args.tau_s, "--tau_s"), tau_u=cli.fraction_list(args.tau_u, "--tau_u"),
+        blend_word=cli.blend_words(args.blend_word), eq_params=cli.eq_params(args.eq_params), outdir=args.outdir,
+    )
+    import torch
+    from tqdm.auto import tqdm
+
+    from sdtoolkit.images import image_grid, tensor_to_pil
+    from sdtoolkit.inversion import DDIMInversion
+    from sdtoolkit.layout import save_image, write_json
+    from sdtoolkit.models import load_models
+
+    models = load_models(args.model or SD_VERSIONS[args.sd_version], args.device, args.dtype)
+    validate_edit(args.prompt, edit, models.tokenizer)
+    null = models.encode_text([""]).float()
+    texts = torch.cat([models.encode_text([args.prompt]), models.encode_text([args.target])]).float()
+    shape = (1, models.unet.config.in_channels, models.latent_size, models.latent_size)
+    jobs = list(itertools.product(seed_list, edit.tau_c, edit.tau_s, edit.tau_u))
+    for seed, c, s, u in tqdm(jobs, desc="seed × tau combinations"):
+        z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(models.device)
+        z = edit_latents(models, DDIMInversion(z_T, null), args.prompt, edit, (0.0, c, s, u), texts,
+                         args.num_ddim_steps, args.guidance_scale)
+        images = models.decode_latent(z)
+        source, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
+        folder = Path(args.outdir) / f"{seed} {args.target}".replace("/", "_")
+        stem = combo_stem(0.0, c, s, u).split("-", 1)[1]
+        save_image(folder / f"edited_img-{stem}.png", edited)
+        save_image(folder / f"grid_img-{stem}.png", image_grid([source, edited]))
+        write_json(folder / f"edited_img-{stem}.json", {"prompt": args.prompt, "seed": seed, "model": models.model_id,
+                   "num_ddim_steps": args.num_ddim_steps, "guidance_scale": args.guidance_scale, "edit": asdict(edit),
+                   "tau": {"tau_c": c, "tau_s": s, "tau_u": u}, "versions": versions()})
+    print(f"wrote {len(jobs)} edits under {args.outdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
