@@ -197,12 +197,14 @@ def sample(
     controller=None,
     progress: bool = False,
     desc: str = "sampling",
+    explicit: bool = False,
 ) -> torch.Tensor:
     """Sample from z_T for a batch of prompts (B, L, D) with classifier-free guidance; returns z_0 (B, 4, h, w).
 
     The unconditional and conditional passes are separate UNet calls, so controllers see which branch runs.
     ``mapped(i)`` says per batch element whether the value path reads the learned input (default: all).
-    A controller may blend latents after each step through ``step_callback(z, i)``.
+    A controller may blend latents after each step through ``step_callback(z, i)``. ``explicit`` materialises
+    attention probabilities in every layer (the reference's cost; results equal up to float noise).
     """
     batch = texts.shape[0]
     z = inversion.z_T.expand(batch, -1, -1, -1).clone()
@@ -210,9 +212,11 @@ def sample(
         for i in tqdm(range(schedule.num_steps), desc=desc, disable=not progress, leave=False):
             t = schedule.timesteps[i]
             use = mapped(i) if mapped is not None else [True] * batch
-            eps_u = models.eps(z, t, inversion.uncond(i, batch), AttnCall(i, Branch.UNCOND, controller=controller))
+            uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
+            eps_u = models.eps(z, t, inversion.uncond(i, batch), uncond_call)
             value = inversion.value_states(i, texts, use)
-            eps_c = models.eps(z, t, texts, AttnCall(i, Branch.COND, value_states=value, controller=controller))
+            cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
+            eps_c = models.eps(z, t, texts, cond_call)
             z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
             if controller is not None:
                 z = controller.step_callback(z, i)
@@ -233,6 +237,40 @@ class TrainLog:
     final_loss: list[float] = field(default_factory=list)
 
 
+def training_iteration(
+    models: SDModels,
+    schedule: DDIMSchedule,
+    mapping: MappingNetworks,
+    optimizer: torch.optim.Optimizer,
+    i: int,
+    z: torch.Tensor,
+    eps_u: torch.Tensor,
+    target: torch.Tensor,
+    gt_maps: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    features: torch.Tensor,
+    map_names: frozenset[str],
+    guidance_scale: float,
+) -> torch.Tensor:
+    """One Adam step on M_i: loss = MSE(z̃_{t-1}, ẑ_{t-1}) + Σ_layers MSE(a, â) (maps of ``map_names``).
+
+    The unconditional prediction ``eps_u`` is computed once per step by the caller; processors must be
+    installed by the caller. Returns the (detached) loss.
+    """
+    recorder = MapRecorder(map_names) if map_names else None
+    value = mapping.value_input(i, features, text)
+    eps_c = models.eps(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder))
+    z_prev = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
+    loss = F.mse_loss(z_prev, target)
+    for name in map_names:
+        loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())
+    check_finite(loss.detach(), "the training loss", i)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_stylediffusion(
     models: SDModels,
     trace: InversionTrace,
@@ -246,6 +284,7 @@ def train_stylediffusion(
     guidance_scale: float = 7.5,
     attn_pairing: str = "same",
     progress: bool = True,
+    early_stop: bool = True,
 ) -> tuple[StyleDiffusionInversion, TrainLog]:
     """Train M_1 … M_T (SPEC §2): per step, Adam on M_i so that one guided DDIM step from the current
     latent reaches the inversion latent of the next step, with the cross-attention maps kept close to
@@ -273,22 +312,12 @@ def train_stylediffusion(
                 n_inner = inner_steps(num_inner_steps, i)
                 loss_value = float("nan")
                 for j in range(n_inner):
-                    recorder = MapRecorder(names) if w_attnloss else None
-                    value = mapping.value_input(i, features, text)
-                    eps_c = models.eps(z, t, text, AttnCall(i, Branch.COND, value_states=value, controller=recorder))
-                    z_prev = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
-                    loss = F.mse_loss(z_prev, target)
-                    if recorder is not None:
-                        for name in names:
-                            loss = loss + F.mse_loss(recorder.maps[name].float(), gt[name].float())
-                    check_finite(loss.detach(), "the training loss", i)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    loss = training_iteration(models, schedule, mapping, optimizer, i, z, eps_u, target, gt, text,
+                                              features, names if w_attnloss else frozenset(), guidance_scale)
                     loss_value = loss.item()
                     bar.update(1)
                     bar.set_postfix(step=f"{i + 1}/{num}", it=j + 1, loss=f"{loss_value:.2e}")
-                    if loss_value < early_stop_threshold(i):
+                    if early_stop and loss_value < early_stop_threshold(i):
                         bar.update(n_inner - j - 1)
                         break
                 log.iterations.append(j + 1)
