@@ -14,7 +14,7 @@ from sdtoolkit.inversion import DDIMInversion, ddim_inversion, latent_mse, sampl
 from sdtoolkit.jobs import EditConfig, InvertConfig, invert, load_source, run_edit
 from sdtoolkit.models import load_models
 
-from .conftest import CAT
+CAT = str(Path(__file__).resolve().parent.parent / "example_images" / "cat.jpg")
 
 PROMPT = "a cat sitting on a rug"
 
