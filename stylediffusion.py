@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "openai/clip-vit-base-patch16)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
     g = p.add_argument_group("training")
     g.add_argument("--num_ddim_steps", type=int, default=30)
     g.add_argument("--guidance_scale", type=float, default=7.5)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.is_train and jobs.existing_status(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")
         return 0
-    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder)
+    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder, args.compile)
     if args.is_train:
         result = jobs.invert(models, inv_cfg, overwrite=args.overwrite)
         rec = result.sidecar["reconstruction"]

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
     p.add_argument("--image_encoder", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
     p.add_argument("--num_ddim_steps", type=int, default=30)
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
@@ -66,6 +67,11 @@ def read_rows(path: str, columns: tuple[str, ...], from_case: int | None, end_ca
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UsageError(f"{path} is empty; expected the columns {', '.join(columns)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not a readable CSV file ({str(exc).strip().splitlines()[-1]})") from None
+    if not isinstance(df.index, pd.RangeIndex):  # pandas made the surplus leading fields an index: columns shifted
+        raise UsageError(f"{path}: the rows have more fields than the header ({', '.join(map(str, df.columns))}); "
+                         "quote texts that contain commas") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; columns found: {', '.join(map(str, df.columns))}")
@@ -75,6 +81,10 @@ def read_rows(path: str, columns: tuple[str, ...], from_case: int | None, end_ca
         cases = df["case_number"].astype(int)
     except ValueError:
         raise UsageError(f"{path}: case_number must be integers, found {list(df['case_number'])}") from None
+    repeated = sorted(set(cases[cases.duplicated()]))
+    if repeated:
+        raise UsageError(f"{path}: case_number {repeated} appear(s) more than once; case numbers name the output files")
+    df = df.assign(case_number=cases.astype(str))  # "03" and "3" are the same case everywhere
     keep = (cases >= (from_case if from_case is not None else cases.min())) & (
         cases <= (end_case if end_case is not None else cases.max()))
     if not keep.any():
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=args.device == "cpu")
     mine = rows[state.process_index :: state.num_processes]
     device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
-    models = load_models(args.model or SD_VERSIONS[args.sd_version], device, args.dtype, args.image_encoder)
+    models = load_models(args.model or SD_VERSIONS[args.sd_version], device, args.dtype, args.image_encoder, args.compile)
     inner = args.num_inner_steps or (10 if args.inversion == "nulltext" else 100)
     template = jobs.InvertConfig(
         prompt="", image_path="", model=args.model or SD_VERSIONS[args.sd_version], inversion=args.inversion,
@@ -184,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append((row.case, "failed", reason))
         tqdm.write(f"{tag}case {row.case}: {results[-1][1]} ({results[-1][2]})")
     counts = {k: sum(r[1] == k for r in results) for k in ("done", "skipped", "failed")}
-    print(f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-          f"of {len(mine)} rows")
     width = max([4] + [len(r[0]) for r in results])
-    for case, status, reason in results:
-        print(f"  {case:>{width}}  {status:<7}  {reason}")
+    block = [f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+             f"of {len(mine)} rows"] + [f"  {case:>{width}}  {status:<7}  {reason}" for case, status, reason in results]
+    print("\n".join(block), flush=True)  # one write: other processes' lines cannot land inside the table
     return 1 if counts["failed"] else 0
 
 

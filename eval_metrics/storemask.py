@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     df = read_rows(args.prompts_path, ("case_number", "prompt", "blend_word"), args.from_case, args.end_case)
     cases = []
     for _, row in df.iterrows():
-        blend = cli.blend_words(row["blend_word"])
+        try:
+            blend = cli.blend_words(row["blend_word"])
+        except UsageError as exc:
+            raise UsageError(f"{args.prompts_path}, case {row['case_number']}: {exc}") from None
         if blend is None:
             raise UsageError(f"{args.prompts_path}, case {row['case_number']}: empty blend_word; the mask needs a source word")
         cases.append((str(row["case_number"]).strip(), row["prompt"], blend[0]))

@@ -88,6 +88,20 @@ class InvertConfig:
             args += ["--w_attnloss", "False"]
         if self.inversion != "stylediffusion":
             args += ["--inversion", self.inversion]
+        # settings that change the file name or what is learned: without them the printed command trains
+        # another file (or into another folder) than the one the edit looks for
+        if self.num_epoch != 1:
+            args += ["--num_epoch", str(self.num_epoch)]
+        if self.guidance_scale != 7.5:
+            args += ["--guidance_scale", str(self.guidance_scale)]
+        if any(self.crop):
+            args += ["--crop", *(str(c) for c in self.crop)]
+        if self.attn_pairing != "same":
+            args += ["--attn_pairing", self.attn_pairing]
+        if self.seed != 0:
+            args += ["--seed", str(self.seed)]
+        if str(self.model_dir) != ".":
+            args += ["--model_dir", str(self.model_dir)]
         return shlex.join(args)
 
 

@@ -172,11 +172,12 @@ def load_models(
     device: str | None = "auto",
     dtype: str | None = "auto",
     image_encoder: str | None = None,
+    compile_unet: bool = False,
 ) -> SDModels:
     """Load ``model``: ``tiny`` (random, in process), ``toy`` (shipped), a local folder or a hub id.
 
     The image encoder comes from ``image_encoder`` if given, else the pipeline folder's ``image_encoder/``,
-    else ``openai/clip-vit-base-patch16``.
+    else ``openai/clip-vit-base-patch16``. ``compile_unet`` wraps the UNet's forward in ``torch.compile``.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -223,6 +224,8 @@ def load_models(
         net.to(dev)
         if dt != torch.float32:
             net.to(dtype=dt)
+    if compile_unet:
+        parts["unet"].compile()
     return SDModels(model_id=model_id, device=dev, dtype=dt, **parts)
 
 

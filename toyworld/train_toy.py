@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import platform
 import shlex

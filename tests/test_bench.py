@@ -1,0 +1,26 @@
+"""The benchmark script runs on the tiny model and reports both settings with their ratios."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_tiny_cpu_prints_table_and_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--tiny", "--device", "cpu", "--iters", "2",
+         "--warmup", "1", "--edit_steps", "3", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(a) reference cost" in proc.stdout and "(b) default" in proc.stdout
+    assert "speed-up (a)/(b)" in proc.stdout
+    data = json.loads(out.read_text())
+    for setting in data["settings"].values():
+        assert setting["ms_per_train_iter"] > 0 and setting["s_per_edit_combination"] > 0
+    assert data["ratios"]["train_iter_speedup"] > 0
