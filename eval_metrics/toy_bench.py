@@ -342,6 +342,7 @@ class BenchScene:
     masks: list[np.ndarray]
     path: Path
     edits: list[EditCase]
+    free_ok: dict = None  # kind -> whether the model's free sample of the target prompt passes the test
 
 
 def scene_seed(seed: int, k: int) -> int:
@@ -392,6 +393,29 @@ def make_scene(index: int, seed: int, size: int, folder: Path, object_blend: str
     return BenchScene(index, seed, scene, prompt, np.asarray(image), masks, path, edits)
 
 
+@torch.no_grad()
+def free_check(models, scene: BenchScene, steps: int, guidance: float, dilate_px: int, shape_window: int) -> dict:
+    """Whether the model can draw each edit's target at all: sample the target prompts from a Gaussian z_T
+    (seeded by the scene) with plain DDIM + guidance, no inversion, and apply the edit's success test.
+
+    A failed edit whose ``model_can`` is False says more about the model than about the editing method.
+    """
+    from sdtoolkit.inversion import DDIMInversion, sample
+
+    gen = torch.Generator().manual_seed(scene.seed)
+    z_T = torch.randn((1, 4, models.latent_size, models.latent_size), generator=gen).to(models.device)
+    null = models.encode_text([""]).float()
+    texts = models.encode_text([c.target_prompt for c in scene.edits]).float()
+    images = models.decode_latent(sample(models, models.schedule(steps), DDIMInversion(z_T, null), texts,
+                                         guidance_scale=guidance))
+    out = {}
+    for case, image in zip(scene.edits, images):
+        s = score_edit(case.kind, to_uint8(image), scene.scene, case.scene, scene.masks, case.masks, case.source_word,
+                       case.target_word, dilate_px, shape_window)
+        out[case.kind] = s["success"]
+    return out
+
+
 def model_snapshot(model: str) -> str:
     """For ``--model toy``: the UNet training step recorded in ``toy_model/TRAINING.json``; else ''."""
     if model != "toy":
@@ -432,16 +456,22 @@ def run_method(models, scene: BenchScene, method: str, args: argparse.Namespace,
     combo = (args.tau_v, args.tau_c, args.tau_s, args.tau_u)
     rows, tiles, recon = [], [], None
     for case in scene.edits:
+        free = scene.free_ok.get(case.kind)
         edit = EditConfig(target=case.target_prompt, edit_type="Replacement", tau_v=[args.tau_v], tau_c=[args.tau_c],
                           tau_s=[args.tau_s], tau_u=[args.tau_u], blend_word=case.blend)
         validate_edit(cfg.prompt, edit, models.tokenizer)
         t0 = time.perf_counter()
         controller = build_controller(models, cfg.prompt, edit, args.steps, args.tau_c, args.tau_s, args.tau_u)
+        if controller.local_blend is not None:
+            controller.local_blend.threshold = args.blend_threshold
         texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
         z = edit_latents(models, inv, cfg.prompt, edit, combo, texts, args.steps, args.guidance, controller)
         images = models.decode_latent(z)
         edit_s = time.perf_counter() - t0
         rec, edited = to_uint8(images[0]), to_uint8(images[1])
+        blend_frac = np.nan
+        if controller.local_blend is not None and controller.store.sums:
+            blend_frac = float(controller.local_blend.mask(controller.store, tuple(z.shape[2:])).mean())
         recon = rec if recon is None else recon
         scores = score_edit(case.kind, edited, scene.scene, case.scene, scene.masks, case.masks, case.source_word,
                             case.target_word, args.dilate, args.shape_window)
@@ -453,6 +483,7 @@ def run_method(models, scene: BenchScene, method: str, args: argparse.Namespace,
             "blend": "none" if case.blend is None else f"{list(case.blend[0])}->{list(case.blend[1])}",
             "recon_psnr": psnr(rec, scene.image), "vae_psnr": psnr(vae, scene.image),
             **scores,
+            "model_can": free, "blend_frac": blend_frac,
             "preserve_psnr": psnr(edited, scene.image, keep),
             "preserve_lpips": masked_lpips(loss_fn, scene.image, edited, keep),
             "preserve_pixels": int(keep.sum()),
@@ -488,7 +519,8 @@ def save_grid(path: Path, tiles: list[np.ndarray], scale: int = 2) -> None:
 SUMMARY_COLUMNS = {
     "recon_psnr": "recon PSNR", "success": "success", "dist_target": "d(target)", "dist_source": "d(source)",
     "iou_target": "IoU tgt", "iou_source": "IoU src", "colour_kept": "colour kept",
-    "preserve_psnr": "preserve PSNR", "preserve_lpips": "preserve LPIPS",
+    "preserve_psnr": "preserve PSNR", "preserve_lpips": "preserve LPIPS", "model_can": "model can",
+    "blend_frac": "blend area",
 }
 
 
@@ -497,7 +529,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     df = table.copy()
     for col in ("recon_psnr", "preserve_psnr", "vae_psnr"):
         df[col] = pd.to_numeric(df[col], errors="coerce").replace([np.inf], 100.0)
-    for col in ("success", "colour_kept"):
+    for col in ("success", "colour_kept", "model_can"):
         df[col] = df[col].map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v)))
     cols = list(SUMMARY_COLUMNS) + ["invert_s", "edit_s"]
     order = {m: k for k, m in enumerate(METHODS)}
@@ -524,7 +556,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
                 cells.append(str(int(v)))
             elif v is None or (isinstance(v, float) and np.isnan(v)):
                 cells.append("")
-            elif k in ("success", "colour_kept"):
+            elif k in ("success", "colour_kept", "model_can", "blend_frac"):
                 cells.append(f"{100 * v:.0f} %")
             elif k in ("iou_target", "iou_source", "preserve_lpips"):
                 cells.append(f"{v:.3f}")
@@ -535,7 +567,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace, backbone: str, snapshot: str, seconds: float,
-           n_scenes: int) -> str:
+           n_scenes: int, device: str = "cpu") -> str:
     """The markdown file: settings, table, legend."""
     inner = {m: inner_steps_for(m, args) for m in args.methods if m in DEFAULT_INNER}
     lines = [
@@ -545,11 +577,12 @@ def report(summary: pd.DataFrame, args: argparse.Namespace, backbone: str, snaps
         f"{scene_seed(args.seed, 0)}…{scene_seed(args.seed, n_scenes - 1)}",
         f"- DDIM steps {args.steps}, guidance {args.guidance}, inner iterations {inner or '-'}",
         f"- Replacement, tau_v {args.tau_v}, tau_c {args.tau_c}, tau_s {args.tau_s}, tau_u {args.tau_u}; "
-        f"local blend: object edits `{args.object_blend}`, background edits `{args.background_blend}`",
+        f"local blend: object edits `{args.object_blend}`, background edits `{args.background_blend}`, "
+        f"threshold {args.blend_threshold}",
         f"- preservation: outside the edited object's mask dilated by {args.dilate} px (object edits), inside "
         "the object masks eroded by 1 px (background edits)",
         f"- LPIPS backbone: {backbone}" + (" (random weights: compare rows of this table only)" if backbone == "random" else ""),
-        f"- runtime {seconds:.0f} s on {torch.device(args.device) if args.device != 'auto' else 'auto'} "
+        f"- runtime {seconds:.0f} s on {device} "
         f"({torch.get_num_threads()} torch thread(s))",
         "",
         markdown_table(summary),
@@ -558,7 +591,10 @@ def report(summary: pd.DataFrame, args: argparse.Namespace, backbone: str, snaps
         "background: mean colour outside the dilated object masks nearer the target background colour; "
         "shape: IoU of the object-coloured region with the target shape > IoU with the source shape. "
         "d(target)/d(source): RGB distances (0-255) of that mean colour. colour kept: after a shape edit the "
-        "object's mean colour is still nearest its own palette colour. PSNR in dB (inf counted as 100).",
+        "object's mean colour is still nearest its own palette colour. model can: a free sample of the target "
+        "prompt (Gaussian z_T, no inversion, no attention control) passes the same test, i.e. the model can "
+        "draw the target at all. blend area: fraction of the latent the local-blend mask lets change. "
+        "PSNR in dB (inf counted as 100).",
         "",
     ]
     return "\n".join(lines)
@@ -591,6 +627,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--background_blend", choices=BLEND_CHOICES, default="none",
                         help="local blend of background edits: none, the colour word ('word'), the word "
                              "'background', or both")
+    parser.add_argument("--blend_threshold", type=float, default=0.3,
+                        help="local-blend threshold on the max-normalised attention mask (SPEC: 0.3)")
+    parser.add_argument("--no_free_check", action="store_true",
+                        help="skip the model_can check (free samples of the target prompts)")
     parser.add_argument("--dilate", type=int, default=3, help="pixels by which object masks are dilated")
     parser.add_argument("--shape_window", type=int, default=4,
                         help="pixels around the two shape masks in which the shape test looks")
@@ -638,6 +678,9 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     try:
         scenes = [make_scene(k, scene_seed(args.seed, k), models.image_size, work, args.object_blend,
                              args.background_blend) for k in range(args.n)]
+        for scene in scenes:
+            scene.free_ok = {} if args.no_free_check else free_check(models, scene, args.steps, args.guidance,
+                                                                      args.dilate, args.shape_window)
         jobs = [(s, m) for s in scenes for m in args.methods]
         bar = tqdm(jobs, desc="toy bench", unit="inversion", disable=args.no_progress)
         for scene, method in bar:
@@ -653,7 +696,7 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     table = pd.DataFrame(rows)
     summary = summarise(table)
     seconds = time.perf_counter() - start
-    text = report(summary, args, backbone, snapshot, seconds, len(scenes))
+    text = report(summary, args, backbone, snapshot, seconds, len(scenes), str(models.device))
     atomic_write(args.out / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(args.out / MD_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return table, summary, text

@@ -16,7 +16,8 @@ DDIM inversion reconstruct closely while guidance 7.5 does not, the situation St
 
 
 def build_tiny_models(seed: int = 0) -> dict:
-    """UNet (32×32 latents, cross-attention at 16×16), VAE (×2), text and image encoders of width 32."""
+    """UNet (32×32 latents, cross-attention at 32×32 and 16×16 in the down and up blocks, like SD's levels),
+    VAE (×2), text and image encoders of width 32."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -26,8 +27,8 @@ def build_tiny_models(seed: int = 0) -> dict:
             out_channels=4,
             block_out_channels=(32, 64),
             layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=TINY_WIDTH,
             attention_head_dim=8,
             norm_num_groups=32,

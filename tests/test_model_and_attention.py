@@ -202,13 +202,13 @@ def test_encoders_run_once_and_never_inside_the_denoising_loop(tiny, tmp_path, m
     image = _Counter(monkeypatch, tiny.image_encoder)
     unet = _Counter(monkeypatch, tiny.unet, on_call=lambda: text_calls.append(text.calls))
 
-    cfg = InvertConfig(prompt=PROMPT, image_path=CAT, index=3, num_ddim_steps=10, num_inner_steps=1,
+    cfg = InvertConfig(prompt=PROMPT, image_path=CAT, index=3, num_ddim_steps=5, num_inner_steps=1,
                        model_dir=str(tmp_path / "models"))
     result = invert(tiny, cfg, progress=False)
     assert result.status == "trained"
     assert image.calls == 1  # E(x) once per image, not per attention call or step
     assert text.calls == 2  # prompt and ""
-    assert unet.calls > 40
+    assert unet.calls >= 5 * 4  # inversion, training and the two reconstruction checks
     assert set(text_calls) == {2}  # all text encoding happened before the first UNet call
 
     text.calls = image.calls = unet.calls = 0
@@ -218,5 +218,5 @@ def test_encoders_run_once_and_never_inside_the_denoising_loop(tiny, tmp_path, m
     assert len(files) == 2
     assert text.calls == 3  # "", prompt, target
     assert image.calls == 0  # features are saved with the mapping networks
-    assert unet.calls == 2 * 10  # one unconditional and one conditional pass per step
+    assert unet.calls == 2 * 5  # one unconditional and one conditional pass per step
     assert set(text_calls) == {3}
