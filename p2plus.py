@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sdtoolkit import cli
 from sdtoolkit.errors import UsageError
-from sdtoolkit.models import SD_VERSIONS
+from sdtoolkit.constants import SD_VERSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,7 @@ import sys
 
 from sdtoolkit import cli
 from sdtoolkit.errors import UsageError
-from sdtoolkit.inversion import METHODS
-from sdtoolkit.models import SD_VERSIONS
+from sdtoolkit.constants import METHODS, SD_VERSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +65,8 @@ def configs(args: argparse.Namespace):
     if args.sd_version not in SD_VERSIONS:
         raise UsageError(f"--sd_version {args.sd_version!r} is not one of {', '.join(SD_VERSIONS)}")
     model = args.model or SD_VERSIONS[args.sd_version]
+    if not args.is_train and args.edit_type != "StoreAttn" and not (args.target or "").strip():
+        raise UsageError(f"--target is required for --edit_type {args.edit_type} (the edited prompt, e.g. 'a tiger')")
     inner = args.num_inner_steps
     if inner is None:
         inner = 10 if args.inversion == "nulltext" else 100

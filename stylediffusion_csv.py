@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 
 from sdtoolkit import cli
 from sdtoolkit.errors import UsageError
-from sdtoolkit.inversion import METHODS
-from sdtoolkit.models import SD_VERSIONS
+from sdtoolkit.constants import METHODS, SD_VERSIONS
 
 TRAIN_COLUMNS = ("case_number", "prompt", "image_path")
 EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "tau_c", "tau_s", "tau_u", "edit_type")

@@ -25,10 +25,10 @@ from .ddim import (
     learning_rate,
     sample_step,
 )
+from .constants import METHODS
 from .mapping import MappingNetworks, mapping_from_tensors
 from .models import SDModels
 
-METHODS = ("stylediffusion", "nulltext", "npi", "ddim")
 
 
 class NonFiniteError(RuntimeError):

@@ -17,12 +17,9 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from .attention import AttnCall, LayerInfo, unet_layers
 from .ddim import make_schedule, scaled_linear_alphas_cumprod
+from .constants import SD_VERSIONS
 from .errors import UsageError
 
-SD_VERSIONS: dict[str, str] = {
-    "sd_1_4": "CompVis/stable-diffusion-v1-4",
-    "sd_1_5": "runwayml/stable-diffusion-v1-5",
-}
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
 TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "toy_model"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
