@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sdtoolkit import cli
 from sdtoolkit.errors import UsageError
@@ -94,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     inv_cfg, edit_cfg = configs(args)
+    if not Path(inv_cfg.image_path).is_file():
+        raise UsageError(f"image {inv_cfg.image_path!r} does not exist (or is not a file)")
     from sdtoolkit import jobs
     from sdtoolkit.images import sha256_file
     from sdtoolkit.models import load_models
 
-    jobs.check_input_file(inv_cfg.image_path)
     if args.is_train and jobs.existing_status(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")
         return 0
