@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configs(args: argparse.Namespace):
     """InvertConfig and EditConfig from parsed arguments (validated)."""
-    from sdtoolkit.jobs import EditConfig, InvertConfig
+    from sdtoolkit.config import EditConfig, InvertConfig
 
     if args.sd_version not in SD_VERSIONS:
         raise UsageError(f"--sd_version {args.sd_version!r} is not one of {', '.join(SD_VERSIONS)}")

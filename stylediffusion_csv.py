@@ -102,7 +102,7 @@ def resolve_image(image_path: str, csv_path: str) -> str:
 
 def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool) -> list[Row]:
     """Parse every selected row before any work starts: a malformed row is a usage error naming the case."""
-    from sdtoolkit.jobs import EditConfig
+    from sdtoolkit.config import EditConfig
 
     rows = []
     for _, r in df.iterrows():

@@ -664,8 +664,12 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     from sdtoolkit.models import load_models
 
     start = time.perf_counter()
-    snapshot = model_snapshot(args.model)
-    models = load_models(args.model, device=args.device, dtype=args.dtype)
+    for _ in range(3):  # toy_model/ may be re-exported by a running training: load a consistent snapshot
+        snapshot = model_snapshot(args.model)
+        models = load_models(args.model, device=args.device, dtype=args.dtype)
+        if model_snapshot(args.model) == snapshot:
+            break
+        time.sleep(5)
     loss_fn, backbone = build_bench_lpips(args.lpips_backbone, models.device)
     work_tmp = None
     if args.work is None:
