@@ -12,11 +12,20 @@ inversion method of ``--methods``, the scene is inverted through the toolkit (``
 The target prompt is the caption of the edited scene (the caption with the source word replaced by the
 target word), edited with ``Replacement`` and the tau values of ``--tau_v/c/s/u``. Local blend:
 object edits blend on the edited word, ``((source word,), (target word,))`` (``--object_blend``);
-background edits, by default, use no local blend (``--background_blend``, see its help and the
-module's results table for why).
+background edits use no local blend by default (``--background_blend none``). Why: a background edit
+changes most of the image, so a blend mask could only protect the objects, and with the toy model the
+max-normalised 8×8 cross-attention maps of every word are nearly flat (min/max > 0.3 everywhere), so at
+the SPEC's threshold 0.3 the mask of ``"background"``, of the colour word or of both covers 93–100 % of
+the latent and changes nothing measurable (checked on 4 scenes with thresholds 0.3, 0.6, 0.8; the
+``blend area`` column reports the mask's coverage for every blended edit). ``--blend_threshold`` changes
+the threshold of every blend.
 
 Scores (images in [0, 1], at the model's image size; ground truth from the scene renderer):
 
+* ``model_can`` (a reference, method-independent): the model's free sample of the target prompt, from a
+  Gaussian z_T seeded by the scene (no inversion, no attention control), passes the edit's success
+  test: when it does not, the model cannot draw the target and a failed edit says little about the
+  editing method;
 * ``recon_psnr``: PSNR of the decoded source branch of the edit batch against the input scene
   (``vae_psnr``: the VAE round trip of the input, the ceiling of any inversion);
 * ``success`` per kind:
@@ -24,6 +33,7 @@ Scores (images in [0, 1], at the model's image size; ground truth from the scene
     colour than to the source colour;
   - background: the mean RGB outside all objects' masks, dilated by ``--dilate`` pixels, is nearer to
     the target background colour than to the source one;
+  - ``exact`` (colour and background only, stricter): the nearest palette colour of that mean is the target;
   - shape: the object's region (pixels whose nearest palette colour is the object's colour, inside the
     union of the source and target shape masks dilated by ``--shape_window`` pixels) overlaps the target
     shape's mask better (IoU) than the source shape's mask (``iou_target`` > ``iou_source``);
@@ -67,7 +77,8 @@ from tqdm.auto import tqdm
 from sdtoolkit.errors import UsageError
 from sdtoolkit.inversion import METHODS
 from sdtoolkit.layout import atomic_write, save_image
-from toyworld.scenes import EDIT_KINDS, HELDOUT_SEED_START, PALETTE, Scene, caption, edit_scene, render, scene_from_seed
+from toyworld.scenes import (EDIT_KINDS, HELDOUT_SEED_START, PALETTE, Scene, caption, edit_scene, nearest_colour, render,
+                             scene_from_seed)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "eval_metrics" / "toy_bench_results"
@@ -240,24 +251,22 @@ def score_edit(kind: str, edited: np.ndarray, source_scene: Scene, target_scene:
                source_masks: Sequence[np.ndarray], target_masks: Sequence[np.ndarray], source_word: str,
                target_word: str, dilate_px: int = 3, shape_window: int = 4) -> dict:
     """Edit-success scores of one edited image (no LPIPS, no PSNR)."""
-    out = {"success": None, "dist_source": np.nan, "dist_target": np.nan, "iou_target": np.nan,
+    out = {"success": None, "exact": None, "dist_source": np.nan, "dist_target": np.nan, "iou_target": np.nan,
            "iou_source": np.nan, "colour_kept": None}
-    if kind == "colour":
-        mask = np.asarray(target_masks[0], dtype=bool)
+    if kind in ("colour", "background"):
+        if kind == "colour":
+            mask = np.asarray(target_masks[0], dtype=bool)
+        else:
+            mask = background_mask(list(source_masks) + list(target_masks), dilate_px)
         out["dist_source"], out["dist_target"] = colour_distances(edited, mask, source_word, target_word)
         out["success"] = bool(out["dist_target"] < out["dist_source"])
-    elif kind == "background":
-        mask = background_mask(list(source_masks) + list(target_masks), dilate_px)
-        out["dist_source"], out["dist_target"] = colour_distances(edited, mask, source_word, target_word)
-        out["success"] = bool(out["dist_target"] < out["dist_source"])
+        out["exact"] = nearest_colour(mean_colour(edited, mask)) == target_word
     elif kind == "shape":
         colour = target_scene.objects[0].colour
         out["iou_target"], out["iou_source"], out["success"] = shape_scores(
             edited, colour, source_masks[0], target_masks[0], shape_window)
         # the object should keep its colour: mean colour inside the target shape nearest to it in the palette
-        mean = mean_colour(edited, target_masks[0])
-        pal = {k: np.asarray(v, dtype=np.float64) for k, v in PALETTE.items()}
-        out["colour_kept"] = bool(min(pal, key=lambda k: float(np.sum((mean - pal[k]) ** 2))) == colour)
+        out["colour_kept"] = nearest_colour(mean_colour(edited, target_masks[0])) == colour
     else:
         raise ValueError(f"unknown edit kind {kind!r}; expected one of {EDIT_KINDS}")
     return out
@@ -517,7 +526,7 @@ def save_grid(path: Path, tiles: list[np.ndarray], scale: int = 2) -> None:
 
 
 SUMMARY_COLUMNS = {
-    "recon_psnr": "recon PSNR", "success": "success", "dist_target": "d(target)", "dist_source": "d(source)",
+    "recon_psnr": "recon PSNR", "vae_psnr": "VAE PSNR", "success": "success", "exact": "exact", "dist_target": "d(target)", "dist_source": "d(source)",
     "iou_target": "IoU tgt", "iou_source": "IoU src", "colour_kept": "colour kept",
     "preserve_psnr": "preserve PSNR", "preserve_lpips": "preserve LPIPS", "model_can": "model can",
     "blend_frac": "blend area",
@@ -529,7 +538,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     df = table.copy()
     for col in ("recon_psnr", "preserve_psnr", "vae_psnr"):
         df[col] = pd.to_numeric(df[col], errors="coerce").replace([np.inf], 100.0)
-    for col in ("success", "colour_kept", "model_can"):
+    for col in ("success", "exact", "colour_kept", "model_can"):
         df[col] = df[col].map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v)))
     cols = list(SUMMARY_COLUMNS) + ["invert_s", "edit_s"]
     order = {m: k for k, m in enumerate(METHODS)}
@@ -556,7 +565,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
                 cells.append(str(int(v)))
             elif v is None or (isinstance(v, float) and np.isnan(v)):
                 cells.append("")
-            elif k in ("success", "colour_kept", "model_can", "blend_frac"):
+            elif k in ("success", "exact", "colour_kept", "model_can", "blend_frac"):
                 cells.append(f"{100 * v:.0f} %")
             elif k in ("iou_target", "iou_source", "preserve_lpips"):
                 cells.append(f"{v:.3f}")
@@ -589,12 +598,13 @@ def report(summary: pd.DataFrame, args: argparse.Namespace, backbone: str, snaps
         "",
         "success: colour edits: mean colour in the object's mask nearer the target than the source colour; "
         "background: mean colour outside the dilated object masks nearer the target background colour; "
-        "shape: IoU of the object-coloured region with the target shape > IoU with the source shape. "
+        "shape: IoU of the object-coloured region with the target shape > IoU with the source shape. exact: that "
+        "mean colour's nearest palette colour is the target colour (stricter than success). "
         "d(target)/d(source): RGB distances (0-255) of that mean colour. colour kept: after a shape edit the "
         "object's mean colour is still nearest its own palette colour. model can: a free sample of the target "
         "prompt (Gaussian z_T, no inversion, no attention control) passes the same test, i.e. the model can "
         "draw the target at all. blend area: fraction of the latent the local-blend mask lets change. "
-        "PSNR in dB (inf counted as 100).",
+        "VAE PSNR: the VAE round trip of the input (ceiling of recon PSNR). PSNR in dB (inf counted as 100).",
         "",
     ]
     return "\n".join(lines)

@@ -224,7 +224,7 @@ def sample(
     return z
 
 
-def reference_pairing(i: int, num_steps: int) -> int:
+def reference_pairing(i: int) -> int:
     """The reference's map index for training step i: one step noisier, the first step reusing its own."""
     return max(i - 1, 0)
 
@@ -304,7 +304,7 @@ def train_stylediffusion(
                 if epoch == 0:
                     mapping.init_from_previous(i)
                 target = trace.latents[num - i - 1]
-                gt = trace.maps[reference_pairing(i, num) if attn_pairing == "reference" else i]
+                gt = trace.maps[reference_pairing(i) if attn_pairing == "reference" else i]
                 net = mapping.nets[i]
                 optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate(i))
                 with torch.no_grad():
@@ -389,14 +389,3 @@ def train_nulltext(
 def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared error between two latents."""
     return F.mse_loss(a.float(), b.float()).item()
-
-
-def passes_per_image(method: str, num_steps: int, num_inner_steps: int) -> int:
-    """UNet passes to invert one image (inversion + optimisation; reconstruction checks excluded)."""
-    extra = {
-        "stylediffusion": sum(inner_steps(num_inner_steps, i) for i in range(num_steps)) + 2 * num_steps,
-        "nulltext": num_steps * (num_inner_steps + 2),
-        "npi": 0,
-        "ddim": 0,
-    }[method]
-    return num_steps + extra

@@ -38,7 +38,7 @@ def test_processors_installed_on_every_layer_and_restored(tiny):
     out_before = _plain_unet(tiny, z, t, text)
     with style_processors(tiny.unet) as layers:
         installed = tiny.unet.attn_processors
-        assert len(layers) == len(before) == len(installed) == 12
+        assert len(layers) == len(before) == len(installed) == 22
         assert [l.name for l in layers] == list(installed)
         assert all(isinstance(p, StyleAttnProcessor) for p in installed.values())
         assert all(installed[l.name].layer == l for l in layers)
@@ -103,12 +103,14 @@ def test_value_path_identity_modulation_is_exact(tiny):
 def test_value_path_changes_values_not_keys(tiny):
     """Cross-attention probabilities read the text (keys) only: a different value input leaves them unchanged."""
     z, t, text = _inputs(tiny, seed=4)
-    names = frozenset(l.name for l in map_layers(tiny.layers()))
+    names = frozenset(l.name for l in tiny.layers() if l.is_cross)
     a, b = MapRecorder(names), MapRecorder(names)
     with style_processors(tiny.unet):
         tiny.eps(z, t, text, AttnCall(0, Branch.COND, controller=a))
         tiny.eps(z, t, text, AttnCall(0, Branch.COND, value_states=text * 3.0 - 1.0, controller=b))
-    first = sorted(names)[0]  # the first map layer sees the same hidden states in both calls
+    first = next(l.name for l in tiny.layers() if l.is_cross)  # sees the same hidden states in both calls
+    assert first.startswith("down_blocks.0.")
+    assert not torch.allclose(a.maps[sorted(names)[-1]], b.maps[sorted(names)[-1]])  # later layers do change
     torch.testing.assert_close(a.maps[first], b.maps[first], atol=1e-6, rtol=0)
 
 
@@ -134,8 +136,8 @@ def test_tiny_model_guidance_one_inverts_guidance_seven_does_not(tiny):
     inv = DDIMInversion(trace.latents[-1], null)
     err1 = latent_mse(sample(tiny, schedule, inv, text, guidance_scale=1.0), z0) / z0.var().item()
     err75 = latent_mse(sample(tiny, schedule, inv, text, guidance_scale=7.5), z0) / z0.var().item()
-    assert err1 < 0.1
-    assert err75 > 2 * err1
+    assert err1 < 0.15
+    assert err75 > 5 * err1
 
 
 def test_saved_pipeline_folder_loads_with_same_unet_output(tiny, tiny_folder):

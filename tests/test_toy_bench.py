@@ -121,6 +121,11 @@ def test_score_edit_on_ground_truth_scenes(tmp_path):
             args = (scene.scene, case.scene, scene.masks, case.masks, case.source_word, case.target_word)
             assert tb.score_edit(case.kind, case.image, *args)["success"] is True, (k, case.kind)
             assert tb.score_edit(case.kind, scene.image, *args)["success"] is False, (k, case.kind)
+            if case.kind != "shape":
+                assert tb.score_edit(case.kind, case.image, *args)["exact"] is True
+                assert tb.score_edit(case.kind, scene.image, *args)["exact"] is False
+            else:
+                assert tb.score_edit(case.kind, case.image, *args)["colour_kept"] is True
             keep = tb.preservation_mask(case.kind, scene.masks, case.masks)
             assert tb.psnr(case.image, scene.image, keep) > 45
             assert case.target_prompt.split().count(case.target_word) == 1

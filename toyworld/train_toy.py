@@ -33,23 +33,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from sdtoolkit.ddim import SCHEDULER_CONFIG  # DDIM/DDPM settings of SPEC §2 (also the training noise schedule)
 from sdtoolkit.layout import atomic_write, write_json
 from sdtoolkit.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
 from toyworld.scenes import HELDOUT_SEED_START, caption, render, scene_from_seed
-
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 0,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
-"""DDIM/DDPM settings of SPEC §2 (also the training noise schedule)."""
-
 
 @dataclass(frozen=True)
 class ModelSizes:
