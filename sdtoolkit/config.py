@@ -41,9 +41,11 @@ class InvertConfig:
         tag = "learnv" if self.inversion == "stylediffusion" else self.inversion
         return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{tag}-[{self.index}].safetensors"
 
-    def identity(self, image_sha256: str) -> dict:
+    def identity(self, image_sha256: str, model_fingerprint: str) -> dict:
+        """What a saved result must match to be reused: image, weights and every setting that changes it."""
         return {
             "inversion": self.inversion, "prompt": self.prompt, "image_sha256": image_sha256, "model": self.model,
+            "model_fingerprint": model_fingerprint,
             "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
             "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
             "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing,

@@ -28,12 +28,12 @@ from .attention import map_layers
 from .config import EditConfig, InvertConfig
 from .layout import case_filename, save_image, write_json
 from .mapping import load_learned, save_learned, sidecar_path
-from .models import SDModels
+from .models import SDModels, model_fingerprint
 from .words import find_word_tokens, prompt_tokens, word_spans
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
-    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing",
+    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint",
 )
 EDIT_MATCH_KEYS = ("image_sha256", "model", "num_ddim_steps")
 
@@ -62,7 +62,7 @@ def existing_status(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> st
     import json
 
     old = json.loads(side.read_text(encoding="utf-8"))
-    new = cfg.identity(image_sha256)
+    new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
     diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
     if diff:
         details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -143,7 +143,7 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     plain = sample(models, schedule, DDIMInversion(z_T, null), text, guidance_scale=cfg.guidance_scale)
     learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
     sidecar = {
-        **cfg.identity(source.sha256),
+        **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
         "image_path": str(cfg.image_path),
         "index": cfg.index,
         "seed": cfg.seed,
@@ -167,7 +167,8 @@ def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, tex
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
         raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
-    want = {"image_sha256": source.sha256, "model": cfg.model, "num_ddim_steps": cfg.num_ddim_steps}
+    want = {"image_sha256": source.sha256, "model": cfg.model, "model_fingerprint": model_fingerprint(cfg.model),
+            "num_ddim_steps": cfg.num_ddim_steps}
     diff = {k: (sidecar.get(k), v) for k, v in want.items() if sidecar.get(k) != v}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())

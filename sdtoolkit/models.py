@@ -5,6 +5,7 @@ Everything the method needs from the networks goes through :class:`SDModels`: te
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -135,6 +136,31 @@ class SDModels:
         out = self.unet(z.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype),
                         cross_attention_kwargs={"call": call}).sample
         return out.float()
+
+
+def model_fingerprint(model: str) -> str:
+    """A cheap identity of the weights behind ``model``, so results made with other weights are not reused.
+
+    Local folders (and ``toy``): SHA-256 over every weights file's path, size and first/last MiB;
+    ``tiny``: its architecture version; hub ids: the id (the hub's revision is not checked).
+    """
+    if model == "tiny":
+        from .tiny import TINY_VERSION
+
+        return f"tiny-v{TINY_VERSION}"
+    model = SD_VERSIONS.get(model, model)
+    path = TOY_MODEL_DIR if model == "toy" else Path(model)
+    if not path.is_dir():
+        return f"hub:{model}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def _check_pipeline_folder(path: Path) -> None:

@@ -7,6 +7,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVi
 
 from .tokenizer import load_clip_tokenizer
 
+TINY_VERSION = 2
+"""Bumped whenever the tiny architecture or initialisation changes (results made with another are refused)."""
 TINY_WIDTH = 32
 TINY_LATENT_SCALE = 4.0
 """The random VAE's latent means have std ≈ 0.25; this scaling gives z_0 a std near 1, as SD's 0.18215 does."""

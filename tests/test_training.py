@@ -210,3 +210,21 @@ def test_non_image_and_missing_files_are_usage_errors(tmp_path):
         load_image(tmp_path / "missing.jpg", 64)
     with pytest.raises(UsageError):
         load_image(tmp_path, 64)  # a folder
+
+
+def test_results_made_with_other_weights_are_refused(tiny, trained, tmp_path):
+    """A saved result whose weights fingerprint differs is neither reused nor used for editing."""
+    from sdtoolkit.config import EditConfig
+    from sdtoolkit.jobs import existing_status, run_edit
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trained.folder(), folder / trained.folder().name)
+    cfg = dataclasses.replace(trained, model_dir=str(folder))
+    side = sidecar_path(cfg.path())
+    data = json.loads(side.read_text())
+    data["model_fingerprint"] = "other-weights"
+    side.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="model_fingerprint"):
+        existing_status(cfg, data["image_sha256"], overwrite=False)
+    with pytest.raises(UsageError, match="model_fingerprint"):
+        run_edit(tiny, cfg, EditConfig(target="a dog sitting on a rug", outdir=str(tmp_path / "out")), progress=False)
