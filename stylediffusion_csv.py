@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from sdtoolkit import jobs
-    from sdtoolkit.images import sha256_file
     from sdtoolkit.models import load_models
 
     state = PartialState(cpu=args.device == "cpu")

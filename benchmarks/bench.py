@@ -16,7 +16,6 @@ Measures ms per training iteration (fixed count, early stop off), seconds for a 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

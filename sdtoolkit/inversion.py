@@ -7,7 +7,7 @@ embedding and the value-path input of the conditional branch. Sampling and editi
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Callable
 

@@ -26,7 +26,7 @@ from .inversion import (
 )
 from .attention import map_layers
 from .config import EditConfig, InvertConfig
-from .layout import case_filename, save_image, write_json
+from .layout import save_image, write_json
 from .mapping import load_learned, save_learned, sidecar_path
 from .models import SDModels, model_fingerprint
 from .words import find_word_tokens, prompt_tokens, word_spans
@@ -35,7 +35,6 @@ MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
     "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint",
 )
-EDIT_MATCH_KEYS = ("image_sha256", "model", "num_ddim_steps")
 
 
 def check_prompt(prompt: str, tokenizer, is_1word: bool = False, what: str = "--prompt") -> None:
