@@ -1,6 +1,7 @@
 """The two jobs behind the CLIs — invert/train one image, edit it — shared by the single-image and CSV drivers."""
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,8 +59,6 @@ def existing_status(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> st
     side = sidecar_path(path)
     if overwrite or not (path.is_file() and side.is_file()):
         return None
-    import json
-
     old = json.loads(side.read_text(encoding="utf-8"))
     new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
     diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
