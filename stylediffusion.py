@@ -49,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("editing")
     g.add_argument("--target", default=None, help="target prompt")
     g.add_argument("--tau_v", default="[.5,]", help="fractions of steps with M_t on the target's value path")
-    g.add_argument("--tau_c", default="[.6,]", help="cross-attention replacement fractions")
-    g.add_argument("--tau_s", default="[.6,]", help="conditional self-attention replacement fractions")
-    g.add_argument("--tau_u", default="[.0,]", help="unconditional self-attention replacement fractions (P2Plus)")
-    g.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
-    g.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
+    cli.add_attention_flags(g, tau_u_default="[.0,]")
     g.add_argument("--edit_type", default="Replacement", choices=("Replacement", "Refinement", "StoreAttn"))
     g.add_argument("--outdir", default="stylediffusion-results/Others")
     return p

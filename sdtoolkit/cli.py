@@ -88,6 +88,15 @@ def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | N
     return words, tuple(float(v) for v in values)
 
 
+def add_attention_flags(group, tau_u_default: str) -> None:
+    """The prompt-to-prompt / P2Plus flags shared by the editing CLIs (argparse parser or group)."""
+    group.add_argument("--tau_c", default="[.6,]", help="cross-attention replacement fractions")
+    group.add_argument("--tau_s", default="[.6,]", help="conditional self-attention replacement fractions")
+    group.add_argument("--tau_u", default=tau_u_default, help="unconditional self-attention replacement fractions (P2Plus)")
+    group.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
+    group.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
+
+
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run ``main``; a :class:`UsageError` becomes one line on stderr and exit status 2."""
     try:
