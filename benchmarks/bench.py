@@ -22,21 +22,24 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from tqdm.auto import tqdm
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-from sdtoolkit.attention import AttnCall, Branch, MapRecorder, StyleAttnProcessor, map_layers, style_processors, unet_layers
-from sdtoolkit.ddim import inner_steps, learning_rate
-from sdtoolkit.inversion import StyleDiffusionInversion, sample, training_iteration
-from sdtoolkit.jobs import EditConfig, build_controller
-from sdtoolkit.layout import write_json
-from sdtoolkit.mapping import MappingNetworks
-from sdtoolkit.models import SDModels, load_models, resolve_device, resolve_dtype
-from sdtoolkit.tokenizer import load_clip_tokenizer
+from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, StyleAttnProcessor, map_layers, style_processors, unet_layers
+from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD
+from sdtoolkit.core.ddim import inner_steps, learning_rate
+from sdtoolkit.core.settings import EditConfig, Taus, TrainSettings
+from sdtoolkit.jobs.edit import build_controller
+from sdtoolkit.methods.inversions import StyleDiffusionInversion
+from sdtoolkit.methods.sampler import sample
+from sdtoolkit.methods.training import optimise_step, stylediffusion_loss
+from sdtoolkit.core.io import write_json
+from sdtoolkit.core.mapping import MappingNetworks
+from sdtoolkit.core.models import SDModels, load_models, resolve_device, resolve_dtype
+from sdtoolkit.core.tokenizer import load_clip_tokenizer
 
 
 def sd14_random(device: torch.device, dtype: torch.dtype) -> SDModels:
@@ -126,19 +129,22 @@ def measure(models: SDModels, reference: bool, iters: int, warmup: int, steps: i
     optimizer = torch.optim.Adam(mapping.nets[0].parameters(), lr=learning_rate(0))
     if reference:
         models.image_encoder.requires_grad_(True)
-        pixels = ((x / 2 + 0.5 - torch.tensor([0.4815, 0.4578, 0.4082]).view(1, 3, 1, 1))
-                  / torch.tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1))
+        pixels = ((x / 2 + 0.5 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+                  / torch.tensor(CLIP_STD).view(1, 3, 1, 1))
         pixels = torch.nn.functional.interpolate(pixels, size=(models.image_encoder.config.image_size,) * 2,
                                                  mode="bicubic").to(dev, models.dtype)
         ctx = reference_processors(models, mapping, pixels)
     else:
         ctx = style_processors(models.unet)
     times = []
+    bar = tqdm(disable=True)
     with ctx:
         for k in range(warmup + iters):
             sync(dev)
             start = time.perf_counter()
-            training_iteration(models, schedule, mapping, optimizer, 0, z0, eps_u, z0, gt, text, features, names, 7.5)
+            step_loss = lambda: stylediffusion_loss(models, schedule, mapping, 0, z0, eps_u, z0, gt, text,  # noqa: E731
+                                                    features, TrainSettings(), names)
+            optimise_step(step_loss, optimizer, 0, 1, False, bar, steps, "the training loss")
             sync(dev)
             if k >= warmup:
                 times.append(time.perf_counter() - start)
@@ -155,7 +161,7 @@ def measure(models: SDModels, reference: bool, iters: int, warmup: int, steps: i
 
     edit_times = []
     for _ in range(2):
-        controller = build_controller(models, "a photo of a cat on a mat", edit, steps, 0.6, 0.6, 0.5)
+        controller = build_controller(models, "a photo of a cat on a mat", edit, steps, Taus(0.5, 0.6, 0.6, 0.5))
         n_v = int(0.5 * steps)
         sync(dev)
         start = time.perf_counter()

@@ -64,8 +64,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pandas as pd
@@ -74,11 +72,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdtoolkit.errors import UsageError
-from sdtoolkit.inversion import METHODS
-from sdtoolkit.layout import atomic_write, save_image
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import InversionMethod
+from sdtoolkit.core.io import atomic_write, save_image
 from toyworld.scenes import (EDIT_KINDS, HELDOUT_SEED_START, PALETTE, Scene, caption, edit_scene, nearest_colour, render,
                              scene_from_seed)
+
+METHODS = tuple(m.value for m in InversionMethod)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "eval_metrics" / "toy_bench_results"
@@ -289,7 +289,7 @@ def alexnet_weights_cached() -> bool:
 
 def build_bench_lpips(choice: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     """LPIPS-AlexNet and the backbone used (``imagenet`` or ``random``) for ``--lpips_backbone``."""
-    from eval_metrics.ns_lpips import build_lpips
+    from sdtoolkit.evaluation.ns_lpips import build_lpips
 
     if choice == "auto":
         choice = "imagenet" if alexnet_weights_cached() else "random"
@@ -304,7 +304,7 @@ def build_bench_lpips(choice: str, device: torch.device) -> tuple[torch.nn.Modul
 
 def masked_lpips(loss_fn: torch.nn.Module, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """NS-LPIPS (corrected mode) of two images in [0, 1] on ``mask`` (1 = compared), at 256×256."""
-    from eval_metrics.ns_lpips import ns_lpips
+    from sdtoolkit.evaluation.ns_lpips import ns_lpips
 
     if not np.asarray(mask).any():
         return float("nan")
@@ -409,7 +409,8 @@ def free_check(models, scene: BenchScene, steps: int, guidance: float, dilate_px
 
     A failed edit whose ``model_can`` is False says more about the model than about the editing method.
     """
-    from sdtoolkit.inversion import DDIMInversion, sample
+    from sdtoolkit.methods.inversions import DDIMInversion
+    from sdtoolkit.methods.sampler import sample
 
     gen = torch.Generator().manual_seed(scene.seed)
     z_T = torch.randn((1, 4, models.latent_size, models.latent_size), generator=gen).to(models.device)
@@ -429,7 +430,7 @@ def model_snapshot(model: str) -> str:
     """For ``--model toy``: the UNet training step recorded in ``toy_model/TRAINING.json``; else ''."""
     if model != "toy":
         return ""
-    from sdtoolkit.models import TOY_MODEL_DIR
+    from sdtoolkit.core.models import TOY_MODEL_DIR
 
     try:
         info = json.loads((TOY_MODEL_DIR / "TRAINING.json").read_text(encoding="utf-8"))
@@ -446,8 +447,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def run_method(models, scene: BenchScene, method: str, args: argparse.Namespace, work: Path, loss_fn,
                backbone: str) -> tuple[list[dict], list[np.ndarray]]:
     """Invert ``scene`` with ``method`` once, run its three edits; return CSV rows and the grid tiles."""
-    from sdtoolkit.jobs import EditConfig, InvertConfig, build_controller, edit_latents, invert, load_inversion, \
-        load_source, validate_edit
+    from sdtoolkit.core.checks import validate_edit
+    from sdtoolkit.core.settings import EditConfig, InvertConfig, Taus
+    from sdtoolkit.jobs.edit import build_controller, edit_latents
+    from sdtoolkit.jobs.invert import invert, load_inversion, load_source
 
     inner = inner_steps_for(method, args)
     cfg = InvertConfig(prompt=scene.prompt, image_path=str(scene.path), index=scene.index, model=args.model,
@@ -462,7 +465,7 @@ def run_method(models, scene: BenchScene, method: str, args: argparse.Namespace,
     src_text = models.encode_text([cfg.prompt]).float()
     inv, _ = load_inversion(models, cfg, source, src_text, null)
     vae = to_uint8(models.decode_latent(source.z0)[0])
-    combo = (args.tau_v, args.tau_c, args.tau_s, args.tau_u)
+    taus = Taus(args.tau_v, args.tau_c, args.tau_s, args.tau_u)
     rows, tiles, recon = [], [], None
     for case in scene.edits:
         free = scene.free_ok.get(case.kind)
@@ -470,11 +473,11 @@ def run_method(models, scene: BenchScene, method: str, args: argparse.Namespace,
                           tau_s=[args.tau_s], tau_u=[args.tau_u], blend_word=case.blend)
         validate_edit(cfg.prompt, edit, models.tokenizer)
         t0 = time.perf_counter()
-        controller = build_controller(models, cfg.prompt, edit, args.steps, args.tau_c, args.tau_s, args.tau_u)
+        controller = build_controller(models, cfg.prompt, edit, args.steps, taus)
         if controller.local_blend is not None:
             controller.local_blend.threshold = args.blend_threshold
         texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
-        z = edit_latents(models, inv, cfg.prompt, edit, combo, texts, args.steps, args.guidance, controller)
+        z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, args.steps, args.guidance, controller)
         images = models.decode_latent(z)
         edit_s = time.perf_counter() - t0
         rec, edited = to_uint8(images[0]), to_uint8(images[1])
@@ -671,7 +674,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Run the benchmark; write the CSV, the markdown and the grids; return (rows, summary, markdown)."""
-    from sdtoolkit.models import load_models
+    from sdtoolkit.core.models import load_models
 
     start = time.perf_counter()
     for _ in range(3):  # toy_model/ may be re-exported by a running training: load a consistent snapshot

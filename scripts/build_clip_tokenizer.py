@@ -24,7 +24,7 @@ NUM_MERGES = 49152 - 256 - 2
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "sdtoolkit" / "clip_tokenizer"
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "sdtoolkit" / "core" / "clip_tokenizer"
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -8,8 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from sdtoolkit.jobs import InvertConfig, invert
-from sdtoolkit.models import SDModels, load_models, save_pipeline_folder
+from sdtoolkit.core.settings import InvertConfig
+from sdtoolkit.jobs.invert import invert
+from sdtoolkit.core.models import SDModels, load_models, save_pipeline_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAT = os.path.join(REPO, "example_images", "cat.jpg")

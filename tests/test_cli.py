@@ -77,14 +77,14 @@ def trained_cli(work) -> Path:
 @pytest.fixture
 def inproc(tiny, monkeypatch, capsys):
     """Run the script's __main__ in this process (reusing the session tiny model); returns (code, out, err)."""
-    import sdtoolkit.models
+    import sdtoolkit.core.models
 
-    real = sdtoolkit.models.load_models
+    real = sdtoolkit.core.models.load_models
 
     def load_models(model, *args, **kwargs):
         return tiny if model == "tiny" else real(model, *args, **kwargs)
 
-    monkeypatch.setattr(sdtoolkit.models, "load_models", load_models)
+    monkeypatch.setattr(sdtoolkit.core.models, "load_models", load_models)
 
     def run(args: list[str], cwd: Path):
         monkeypatch.chdir(cwd)
@@ -123,7 +123,7 @@ def test_readme_editing_one_word(trained_cli, work):
 
 
 def test_is_train_flag_parses_like_the_reference():
-    import stylediffusion
+    from sdtoolkit.cli import stylediffusion
 
     parser = stylediffusion.build_parser()
     base = ["--prompt", "dog", "--image_path", CAT]

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import stylediffusion_csv
-from eval_metrics import storemask
-from sdtoolkit import cli
+from sdtoolkit.cli import stylediffusion_csv
+from sdtoolkit.evaluation import storemask
+from sdtoolkit.cli import flags as cli
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -269,7 +269,7 @@ def test_case_range_selects_nothing(tmp_path, capsys):
     header, rows = data_rows("stylediffusion_prompts.csv", [0, 1])
     train_csv = write_csv(tmp_path / "train.csv", header, absolute_images(rows))
     assert_usage_error(*run_csv(["--is_train", "True", "--prompts_path", str(train_csv), "--from_case", "10",
-                                 "--end_case", "12", *FAST], capsys), "--from_case 10", "--end_case 12", "selects none")
+                                 "--end_case", "12", *FAST], capsys), "--from_case 10", "--end_case 12", "selects no case")
 
 
 # ----------------------------------------------------------------- 4. prompts are text, never shell code

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from sdtoolkit.ddim import (
+from sdtoolkit.core.ddim import (
     SCHEDULER_CONFIG,
     early_stop_threshold,
     guided_eps,

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from sdtoolkit import jobs
-from sdtoolkit.attention import AttnCall, Branch, LayerInfo
-from sdtoolkit.jobs import EditConfig, build_controller, edit_latents, load_inversion, load_source
-from sdtoolkit.words import find_word_tokens
+from sdtoolkit.jobs import edit as jobs
+from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo
+from sdtoolkit.core.settings import EditConfig, Taus
+from sdtoolkit.jobs.edit import build_controller, edit_latents
+from sdtoolkit.jobs.invert import load_inversion, load_source
+from sdtoolkit.core.words import find_word_tokens
 
 T = 30
 TARGET = "a tiger sitting on a rug"
@@ -84,9 +86,9 @@ def _wrap(controller, capture: Capture, observe_uncond: bool = False) -> None:
         blend.mask, controller.step_callback = mask, callback
 
 
-def _run(setup: Setup, edit: EditConfig, combo, target_text: torch.Tensor, observe_uncond=False, threshold=None):
+def _run(setup: Setup, edit: EditConfig, taus: Taus, target_text: torch.Tensor, observe_uncond=False, threshold=None):
     capture = Capture()
-    controller = build_controller(setup.models, setup.cfg.prompt, edit, T, *combo[1:])
+    controller = build_controller(setup.models, setup.cfg.prompt, edit, T, taus)
     if threshold is not None:
         controller.local_blend.threshold = threshold
     _wrap(controller, capture, observe_uncond)
@@ -101,7 +103,7 @@ def _run(setup: Setup, edit: EditConfig, combo, target_text: torch.Tensor, obser
     setup.inv.value_states = recording
     try:
         texts = torch.cat([setup.src_text, target_text])
-        z = edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, combo, texts, T, 7.5, controller)
+        z = edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, taus, texts, T, 7.5, controller)
     finally:
         del setup.inv.value_states
     return z, capture
@@ -111,7 +113,7 @@ def _run(setup: Setup, edit: EditConfig, combo, target_text: torch.Tensor, obser
 def p2plus_run(setup):
     """Replacement cat → tiger with tau_v .5, tau_c .6, tau_s .6, tau_u 1."""
     edit = EditConfig(target=TARGET)
-    return _run(setup, edit, (0.5, 0.6, 0.6, 1.0), setup.tgt_text)
+    return _run(setup, edit, Taus(0.5, 0.6, 0.6, 1.0), setup.tgt_text)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +124,13 @@ def blend_run(setup):
     selects everything; 0.95 gives a partial mask and makes the outside-the-mask check meaningful.
     """
     edit = EditConfig(target=TARGET, blend_word=(("cat",), ("tiger",)))
-    return _run(setup, edit, (0.5, 0.6, 0.6, 0.0), setup.tgt_text, observe_uncond=True, threshold=0.95)
+    return _run(setup, edit, Taus(0.5, 0.6, 0.6, 0.0), setup.tgt_text, observe_uncond=True, threshold=0.95)
 
 
 def test_identical_prompts_with_full_injection_reproduce_the_reconstruction(setup):
     edit = EditConfig(target=setup.cfg.prompt, tau_v=[1.0], tau_c=[1.0], tau_s=[1.0], tau_u=[1.0])
     texts = torch.cat([setup.src_text, setup.src_text])
-    z = edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, (1.0, 1.0, 1.0, 1.0), texts, T, 7.5)
+    z = edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, Taus(1.0, 1.0, 1.0, 1.0), texts, T, 7.5)
     images = setup.models.decode_latent(z)  # (2, 3, H, W) in [0, 1]
     assert images.shape[0] == 2
     assert (images[0] - images[1]).abs().max().item() <= 1e-5
@@ -218,6 +220,6 @@ def test_tau_v_flags_switch_at_int_tau_v_T(monkeypatch, setup, tau_v):
     monkeypatch.setattr(jobs, "sample", fake_sample)
     edit = EditConfig(target=TARGET)
     texts = torch.cat([setup.src_text, setup.tgt_text])
-    edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, (tau_v, 0.6, 0.6, 0.0), texts, T, 7.5)
+    edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, Taus(tau_v, 0.6, 0.6, 0.0), texts, T, 7.5)
     switch = int(tau_v * T)
     assert seen == {i: [True, i < switch] for i in range(T)}

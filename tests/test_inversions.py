@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from sdtoolkit.config import EditConfig
-from sdtoolkit.jobs import invert, run_edit
-from sdtoolkit.mapping import sidecar_path
+from sdtoolkit.core.settings import EditConfig
+from sdtoolkit.jobs.edit import run_edit
+from sdtoolkit.jobs.invert import invert
+from sdtoolkit.core.mapping import sidecar_path
 
 
 @pytest.fixture(scope="module")

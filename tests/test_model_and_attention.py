@@ -8,11 +8,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from sdtoolkit.attention import AttnCall, Branch, MapRecorder, StyleAttnProcessor, map_layers, style_processors
-from sdtoolkit.errors import UsageError
-from sdtoolkit.inversion import DDIMInversion, ddim_inversion, latent_mse, sample
-from sdtoolkit.jobs import EditConfig, InvertConfig, invert, load_source, run_edit
-from sdtoolkit.models import load_models
+from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, StyleAttnProcessor, map_layers, style_processors
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.methods.inversions import DDIMInversion, ddim_inversion
+from sdtoolkit.methods.sampler import latent_mse, sample
+from sdtoolkit.core.settings import EditConfig, InvertConfig
+from sdtoolkit.jobs.edit import run_edit
+from sdtoolkit.jobs.invert import invert, load_source
+from sdtoolkit.core.models import load_models
 
 CAT = str(Path(__file__).resolve().parent.parent / "example_images" / "cat.jpg")
 
@@ -204,10 +207,10 @@ def test_encoders_run_once_and_never_inside_the_denoising_loop(tiny, tmp_path, m
     image = _Counter(monkeypatch, tiny.image_encoder)
     unet = _Counter(monkeypatch, tiny.unet, on_call=lambda: text_calls.append(text.calls))
 
-    cfg = InvertConfig(prompt=PROMPT, image_path=CAT, index=3, num_ddim_steps=5, num_inner_steps=1,
+    cfg = InvertConfig(prompt=PROMPT, image_path=CAT, model="tiny", index=3, num_ddim_steps=5, num_inner_steps=1,
                        model_dir=str(tmp_path / "models"))
     result = invert(tiny, cfg, progress=False)
-    assert result.status == "trained"
+    assert result.trained
     assert image.calls == 1  # E(x) once per image, not per attention call or step
     assert text.calls == 2  # prompt and ""
     assert unet.calls >= 5 * 4  # inversion, training and the two reconstruction checks

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_metrics.ns_lpips import build_lpips, load_case_images, main, ns_lpips
-from sdtoolkit.layout import case_filename
+from sdtoolkit.evaluation.ns_lpips import build_lpips, load_case_images, main, ns_lpips
+from sdtoolkit.core.io import case_filename
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64  # ns_lpips takes any size; small images keep the tests fast (the loader's 256 is tested apart)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import p2plus
-from sdtoolkit import cli
+from sdtoolkit.cli import p2plus
+from sdtoolkit.cli import flags as cli
 
 
 def test_p2plus_writes_an_edit_per_seed_and_combination(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from sdtoolkit.tokenizer import load_clip_tokenizer
-from seq_aligner import (
+from sdtoolkit.core.tokenizer import load_clip_tokenizer
+from sdtoolkit.control.aligners import (
     ScoreParams,
     get_aligned_sequences,
     get_mapper,

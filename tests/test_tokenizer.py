@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from transformers import CLIPTokenizer
 
-from sdtoolkit.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
+from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_clip_tokenizer.py"
 

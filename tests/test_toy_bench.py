@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from eval_metrics import toy_bench as tb
-from sdtoolkit.attention import map_layers, map_resolution
+from sdtoolkit.core.attention import map_layers, map_resolution
 from toyworld.scenes import PALETTE, render
 
 
@@ -17,7 +17,7 @@ from toyworld.scenes import PALETTE, render
 def test_toy_model_geometry_and_map_layers():
     if not tb.REPO_ROOT.joinpath("toy_model", "unet").is_dir():
         pytest.skip("toy_model/ is not here")
-    from sdtoolkit.models import load_models
+    from sdtoolkit.core.models import load_models
 
     models = load_models("toy", device="cpu", dtype="fp32")
     assert models.model_id == "toy"

@@ -12,11 +12,13 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image
 
-from sdtoolkit.errors import UsageError
-from sdtoolkit.images import load_image
-from sdtoolkit.inversion import NonFiniteError, check_finite, inversion_from_tensors, latent_mse, sample
-from sdtoolkit.jobs import InvertConfig, invert, load_source
-from sdtoolkit.mapping import MappingNetworks, load_learned, mapping_from_tensors, save_learned, sidecar_path
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.images import load_image
+from sdtoolkit.methods.inversions import method_class
+from sdtoolkit.methods.sampler import NonFiniteError, check_finite, latent_mse, sample
+from sdtoolkit.core.settings import InvertConfig
+from sdtoolkit.jobs.invert import invert, load_source
+from sdtoolkit.core.mapping import MappingNetworks, load_learned, mapping_from_tensors, save_learned, sidecar_path
 
 SIDECAR_KEYS = {
     "prompt", "image_path", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
@@ -90,7 +92,7 @@ def test_saved_mapping_reproduces_the_training_reconstruction(tiny, trained):
     """Editing after loading computes exactly what training computed (same reconstruction error)."""
     tensors, side = load_learned(trained.path())
     text, null = tiny.encode_text([trained.prompt]).float(), tiny.encode_text([""]).float()
-    inv = inversion_from_tensors("stylediffusion", tensors, null, text, 30)
+    inv = method_class("stylediffusion").from_tensors(tensors, null, text, 30)
     source = load_source(tiny, trained.image_path)
     z = sample(tiny, tiny.schedule(30), inv, text, guidance_scale=7.5)
     assert latent_mse(z, source.z0) == pytest.approx(side["reconstruction"]["trained_latent_mse"], rel=1e-5)
@@ -99,7 +101,7 @@ def test_saved_mapping_reproduces_the_training_reconstruction(tiny, trained):
 def test_rerun_with_same_settings_is_already_trained(tiny, trained):
     before = trained.path().stat().st_mtime_ns
     result = invert(tiny, trained, progress=False)
-    assert result.status == "already trained"
+    assert not result.trained
     assert result.path == trained.path()
     assert trained.path().stat().st_mtime_ns == before
 
@@ -120,12 +122,12 @@ def test_rerun_with_other_prompt_refuses_then_overwrite_retrains(tiny, trained, 
     with pytest.raises(UsageError):
         invert(tiny, other, progress=False)
     result = invert(tiny, other, overwrite=True, progress=False)
-    assert result.status == "trained"
+    assert result.trained
     side = _sidecar(other)
     assert side["prompt"] == "a dog lying on a sofa" and side["num_ddim_steps"] == 3
     assert load_learned(other.path())[0]["nets.2.net.0.weight"].shape == (154, 197, 1)
     assert "nets.3.net.0.weight" not in load_learned(other.path())[0]
-    assert invert(tiny, other, progress=False).status == "already trained"
+    assert not invert(tiny, other, progress=False).trained
     assert _sidecar(trained)["prompt"] == "a cat sitting on a rug"  # the original is untouched
 
 
@@ -147,7 +149,7 @@ def test_training_stops_on_nan_with_the_step(tiny, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(tiny.unet, "forward", forward)
-    cfg = InvertConfig(prompt="a cat", image_path=trained_image(), index=1, num_ddim_steps=10, num_inner_steps=2,
+    cfg = InvertConfig(prompt="a cat", image_path=trained_image(), model="tiny", index=1, num_ddim_steps=10, num_inner_steps=2,
                        model_dir=str(tmp_path))
     with pytest.raises(NonFiniteError, match="training loss is not finite at sampling step 2"):
         invert(tiny, cfg, progress=False)
@@ -214,8 +216,9 @@ def test_non_image_and_missing_files_are_usage_errors(tmp_path):
 
 def test_results_made_with_other_weights_are_refused(tiny, trained, tmp_path):
     """A saved result whose weights fingerprint differs is neither reused nor used for editing."""
-    from sdtoolkit.config import EditConfig
-    from sdtoolkit.jobs import existing_status, run_edit
+    from sdtoolkit.core.settings import EditConfig
+    from sdtoolkit.jobs.edit import run_edit
+    from sdtoolkit.jobs.invert import existing_result
 
     folder = tmp_path / "copy"
     shutil.copytree(trained.folder(), folder / trained.folder().name)
@@ -225,6 +228,6 @@ def test_results_made_with_other_weights_are_refused(tiny, trained, tmp_path):
     data["model_fingerprint"] = "other-weights"
     side.write_text(json.dumps(data))
     with pytest.raises(UsageError, match="model_fingerprint"):
-        existing_status(cfg, data["image_sha256"], overwrite=False)
+        existing_result(cfg, data["image_sha256"], overwrite=False)
     with pytest.raises(UsageError, match="model_fingerprint"):
         run_edit(tiny, cfg, EditConfig(target="a dog sitting on a rug", outdir=str(tmp_path / "out")), progress=False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from sdtoolkit.tokenizer import load_clip_tokenizer
-from sdtoolkit.words import (
+from sdtoolkit.core.tokenizer import load_clip_tokenizer
+from sdtoolkit.core.words import (
     WordSpan,
     find_word_tokens,
     get_time_words_attention_alpha,

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from sdtoolkit.layout import save_image, write_json
+from sdtoolkit.core.io import save_image, write_json
 from toyworld.scenes import HELDOUT_SEED_START, PALETTE, Scene, caption, nearest_colour, render, scene_from_seed
 
 PALETTE_ARRAY = np.asarray(list(PALETTE.values()), dtype=np.float64)

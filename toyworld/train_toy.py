@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from sdtoolkit.ddim import SCHEDULER_CONFIG  # DDIM/DDPM settings of SPEC §2 (also the training noise schedule)
-from sdtoolkit.layout import atomic_write, write_json
-from sdtoolkit.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
+from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD
+from sdtoolkit.core.ddim import SCHEDULER_CONFIG  # SD's DDIM/DDPM settings (docs/method.md §1), also the training noise schedule
+from sdtoolkit.core.io import atomic_write, write_json
+from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
 from toyworld.scenes import HELDOUT_SEED_START, caption, render, scene_from_seed
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def build_image_processor():
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
         do_convert_rgb=True,
     )
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UsageError
-from .layout import atomic_write, write_json
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.io import atomic_write, write_json
 
 
 class StepMapper(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-from .tokenizer import load_clip_tokenizer
+from sdtoolkit.core.tokenizer import load_clip_tokenizer
 
 TINY_VERSION = 2
 """Bumped whenever the tiny architecture or initialisation changes (results made with another are refused)."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import UsageError
+from sdtoolkit.core.errors import UsageError
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -36,13 +36,16 @@ class LayerInfo:
 
 
 class AttentionController(Protocol):
-    """What an attention controller implements (see ``ptp_utils`` for the editing controllers)."""
+    """What an attention controller implements (the editing controllers: ``sdtoolkit.control.controllers``)."""
 
     def wants_probs(self, layer: LayerInfo, call: "AttnCall") -> bool:
         """Whether this layer must materialise its probabilities for this call."""
 
     def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: "AttnCall") -> torch.Tensor:
         """Observe and possibly edit probabilities of shape (batch, heads, queries, keys)."""
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        """Called by the sampler after sampling step ``step`` with the latents (B, 4, h, w); returns them (or blended)."""
 
 
 @dataclass
@@ -191,3 +194,7 @@ class MapRecorder:
     def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
         self.maps[layer.name] = probs
         return probs
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        """Records only: the latents pass unchanged."""
+        return z

@@ -1,24 +1,29 @@
-"""Strict parsing of the reference's flag syntax and the CLI error convention (exit 2, one line)."""
+"""Flag definitions shared by the CLIs, strict parsing of the reference's flag syntax, the error convention (exit 2)."""
 from __future__ import annotations
 
+import argparse
 import ast
 import sys
 from typing import Callable
 
-from .errors import UsageError
+from sdtoolkit.core.checks import check_fractions
+from sdtoolkit.core.constants import SD_VERSIONS
+from sdtoolkit.core.errors import UsageError
 
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off", ""}
 
 
 def str2bool(text: str) -> bool:
-    """``True``/``1``/``yes`` → True; ``''``/``False``/``0``/``no`` → False (the reference's ``--is_train ''``)."""
+    """``True``/``1``/``yes`` → True; ``''``/``False``/``0``/``no`` → False (the reference's ``--is_train ''``).
+
+    An argparse type: its ArgumentTypeError message reaches the user (argparse replaces other errors' messages)."""
     key = str(text).strip().lower()
     if key in TRUE:
         return True
     if key in FALSE:
         return False
-    raise UsageError(f"{text!r} is not a boolean: use True/False, 1/0, yes/no or '' (false)")
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True/False, 1/0, yes/no or '' (false)")
 
 
 def _literal(text: str, what: str):
@@ -39,16 +44,7 @@ def fraction_list(text: str | float | list, what: str = "tau") -> list[float]:
     """Parse ``[.6,]``, ``0.6``, ``0.2,0.6`` or ``[0.2, 0.6]`` into fractions in [0, 1]."""
     value = text if not isinstance(text, str) else _literal(text if text.strip() else "x", what)
     items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise UsageError(f"{what} {text!r} is an empty list; give at least one value in [0, 1], e.g. [.6,]")
-    out = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise UsageError(f"{what} {text!r}: {item!r} is not a number; expected values in [0, 1] such as [.6,]")
-        if not 0.0 <= float(item) <= 1.0:
-            raise UsageError(f"{what} {text!r}: {item} is outside [0, 1]")
-        out.append(float(item))
-    return out
+    return check_fractions(items, what, text)
 
 
 def _word_group(value, what: str, text: str) -> tuple[str, ...]:
@@ -86,6 +82,19 @@ def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | N
             f"--eq_params {text!r} has {len(words)} word(s) {list(words)} but {len(values)} value(s) {list(values)}"
         )
     return words, tuple(float(v) for v in values)
+
+
+def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True) -> None:
+    """The model / device / dtype flags, defined once for every CLI that loads a model."""
+    group.add_argument("--model", default=None, help="hub id, local SD folder, 'tiny' or 'toy' (default: --sd_version)")
+    group.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
+    if image_encoder:
+        group.add_argument("--image_encoder", default=None, help="CLIP vision model (default: folder's image_encoder/ "
+                           "or openai/clip-vit-base-patch16)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    if compile_flag:
+        group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
 
 
 def add_attention_flags(group, tau_u_default: str) -> None:

@@ -16,15 +16,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
-from .attention import AttnCall, LayerInfo, unet_layers
-from .ddim import make_schedule, scaled_linear_alphas_cumprod
-from .constants import SD_VERSIONS
-from .errors import UsageError
+from sdtoolkit.core.attention import AttnCall, LayerInfo, unet_layers
+from sdtoolkit.core.ddim import make_schedule, scaled_linear_alphas_cumprod
+from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD, SD_VERSIONS
+from sdtoolkit.core.errors import UsageError
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
-TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "toy_model"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "toy_model"
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
 
 
@@ -87,10 +85,6 @@ class SDModels:
         """The DDIM schedule of SPEC §2 over ``num_steps`` steps."""
         return make_schedule(num_steps, scaled_linear_alphas_cumprod())
 
-    def token_count(self, prompt: str) -> int:
-        """Number of tokens of ``prompt`` including BOS and EOS."""
-        return len(self.tokenizer(prompt).input_ids)
-
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings (B, 77, D) in the network dtype."""
@@ -145,7 +139,7 @@ def model_fingerprint(model: str) -> str:
     ``tiny``: its architecture version; hub ids: the id (the hub's revision is not checked).
     """
     if model == "tiny":
-        from .tiny import TINY_VERSION
+        from sdtoolkit.core.tiny import TINY_VERSION
 
         return f"tiny-v{TINY_VERSION}"
     model = SD_VERSIONS.get(model, model)
@@ -207,7 +201,7 @@ def load_models(
     if model in SD_VERSIONS:
         model = SD_VERSIONS[model]
     if model == "tiny":
-        from .tiny import build_tiny_models
+        from sdtoolkit.core.tiny import build_tiny_models
 
         parts = build_tiny_models()
         model_id = "tiny"
@@ -257,7 +251,7 @@ def save_pipeline_folder(models: SDModels, path: str | os.PathLike) -> Path:
     path = Path(path)
     for name in ("unet", "vae", "text_encoder", "tokenizer", "image_encoder"):
         getattr(models, name).save_pretrained(path / name)
-    from .ddim import SCHEDULER_CONFIG
+    from sdtoolkit.core.ddim import SCHEDULER_CONFIG
 
     (path / "scheduler").mkdir(parents=True, exist_ok=True)
     (path / "scheduler" / "scheduler_config.json").write_text(

@@ -1,0 +1,1 @@
+"""Command-line interfaces: shared flag parsing and the main() of each CLI."""

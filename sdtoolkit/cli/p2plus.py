@@ -1,0 +1,100 @@
+"""P2Plus editing of *generated* images: sample a prompt from seeds and edit it with a target prompt.
+
+No inversion is needed: the source is a fresh DDIM sample from the seed's noise; the target branch gets
+prompt-to-prompt attention control plus P2Plus unconditional self-attention injection (tau_u).
+Output: ``{outdir}/{seed} {target}/edited_img-tau_c…-tau_s…-tau_u….png`` and ``grid_img-….png``
+(source | edited), plus a JSON sidecar per combination.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from sdtoolkit.cli import flags as cli
+from sdtoolkit.core import checks
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import EditConfig, EditType, Taus
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompt", required=True, help="source prompt")
+    p.add_argument("--target", required=True, help="target prompt")
+    p.add_argument("--seed", default="[0,]", help="seeds, e.g. [0,1,2] or 0,1")
+    cli.add_attention_flags(p, tau_u_default="[.5,]")
+    p.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
+    cli.add_model_flags(p, compile_flag=False, image_encoder=False)
+    p.add_argument("--num_ddim_steps", type=int, default=50)
+    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--outdir", default="stylediffusion-results/p2plus")
+    return p
+
+
+def seeds(text: str) -> list[int]:
+    """Parse ``[0,1]``, ``0,1`` or ``3`` into integer seeds."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        raise UsageError(f"--seed {text!r} is not a list of integers such as [0,1,2]") from None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
+        raise UsageError(f"--seed {text!r} must be non-negative integers such as [0,1,2]")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = checks.model_id(args.model, args.sd_version)
+    seed_list = seeds(args.seed)
+
+    edit = EditConfig(
+        target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=cli.fraction_list(args.tau_c, "--tau_c"),
+        tau_s=cli.fraction_list(args.tau_s, "--tau_s"), tau_u=cli.fraction_list(args.tau_u, "--tau_u"),
+        blend_word=cli.blend_words(args.blend_word), eq_params=cli.eq_params(args.eq_params), outdir=args.outdir,
+    )
+    import torch
+    from tqdm.auto import tqdm
+
+    from sdtoolkit.core.images import image_grid, tensor_to_pil
+    from sdtoolkit.core.io import save_image, write_json
+    from sdtoolkit.core.models import load_models
+    from sdtoolkit.jobs.edit import edit_latents
+    from sdtoolkit.jobs.invert import versions
+    from sdtoolkit.methods.inversions import DDIMInversion
+
+    models = load_models(model, args.device, args.dtype)
+    checks.validate_edit(args.prompt, edit, models.tokenizer)
+    null = models.encode_text([""]).float()
+    texts = torch.cat([models.encode_text([args.prompt]), models.encode_text([args.target])]).float()
+    shape = (1, models.unet.config.in_channels, models.latent_size, models.latent_size)
+    jobs = list(itertools.product(seed_list, edit.tau_c, edit.tau_s, edit.tau_u))
+    for seed, c, s, u in tqdm(jobs, desc="seed × tau combinations"):
+        z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(models.device)
+        taus = Taus(0.0, c, s, u)
+        z = edit_latents(models, DDIMInversion(z_T, null), args.prompt, edit, taus, texts,
+                         args.num_ddim_steps, args.guidance_scale)
+        images = models.decode_latent(z)
+        source, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
+        folder = Path(args.outdir) / f"{seed} {args.target}".replace("/", "_")
+        stem = taus.stem().split("-", 1)[1]  # without tau_v: generated images have no inversion
+        save_image(folder / f"edited_img-{stem}.png", edited)
+        save_image(folder / f"grid_img-{stem}.png", image_grid([source, edited]))
+        write_json(folder / f"edited_img-{stem}.json", {"prompt": args.prompt, "seed": seed, "model": models.model_id,
+                   "num_ddim_steps": args.num_ddim_steps, "guidance_scale": args.guidance_scale, "edit": asdict(edit),
+                   "tau": {"tau_c": c, "tau_s": s, "tau_u": u}, "versions": versions()})
+    print(f"wrote {len(jobs)} edits under {args.outdir}")
+    return 0
+
+
+def console() -> int:
+    """Console-script entry point: :func:`main` with the CLI error convention (exit 2, one line)."""
+    return cli.run_main(main)
+
+
+if __name__ == "__main__":
+    sys.exit(console())

@@ -1,0 +1,161 @@
+"""StyleDiffusion over a CSV: train every row (``--is_train True``) or edit every row (``--is_train ''``).
+
+Runs in process (the model is loaded once; no shell commands). A failing row is reported and the run
+goes on; a summary table ends the run and the exit status is 1 if any row failed. Rows already complete
+are skipped. ``accelerate launch stylediffusion_csv.py …`` splits the rows between processes.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sdtoolkit.cli import flags as cli
+from sdtoolkit.core import checks
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
+from sdtoolkit.jobs.cases import read_cases, resolve_image
+
+TRAIN_COLUMNS = ("case_number", "prompt", "image_path")
+EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "tau_c", "tau_s", "tau_u", "edit_type")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--is_train", type=cli.str2bool, default=True, help="True: train every row; '' or False: edit")
+    p.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word CSV (prompt 'dog', target 'tiger')")
+    p.add_argument("--inversion", choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value)
+    p.add_argument("--prompts_path", default="./data/stylediffusion_prompts.csv", help="the CSV")
+    p.add_argument("--save_path", default="stylediffusion-results", help="edits go to {save_path}/{csv stem}/")
+    p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
+    p.add_argument("--end_case", type=int, default=None, help="last case_number (inclusive)")
+    cli.add_model_flags(p)
+    p.add_argument("--num_ddim_steps", type=int, default=30)
+    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
+    p.add_argument("--num_epoch", type=int, default=1)
+    p.add_argument("--w_attnloss", type=cli.str2bool, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
+    p.add_argument("--overwrite", action="store_true", help="retrain rows trained with other settings")
+    return p
+
+
+@dataclass
+class Row:
+    case: str
+    prompt: str
+    image_path: str
+    edit: EditConfig | None  # for editing runs
+
+
+def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool) -> list[Row]:
+    """Parse every selected row before any work starts: a malformed row is a usage error naming the case."""
+    rows = []
+    for _, r in df.iterrows():
+        case = str(r["case_number"]).strip()
+        edit = None
+        if editing:
+            try:
+                edit = EditConfig(
+                    target=r["target"], edit_type=r["edit_type"].strip() or EditType.REPLACEMENT,
+                    tau_v=cli.fraction_list(r["tau_v"], "tau_v"), tau_c=cli.fraction_list(r["tau_c"], "tau_c"),
+                    tau_s=cli.fraction_list(r["tau_s"], "tau_s"), tau_u=cli.fraction_list(r["tau_u"], "tau_u"),
+                    blend_word=cli.blend_words(r["blend_word"]), eq_params=cli.eq_params(r["eq_params"]),
+                    outdir=str(Path(args.save_path) / Path(args.prompts_path).stem),
+                )
+            except UsageError as exc:
+                raise UsageError(f"{args.prompts_path}, case {case}: {exc}") from None
+        rows.append(Row(case, r["prompt"], resolve_image(r["image_path"], args.prompts_path), edit))
+    return rows
+
+
+def flat_copies(models, cfg, edit, written: list[Path]) -> list[Path]:
+    """``input/{case} {prompt}.png`` (the model's input crop) and ``edited/{case} {target}.png`` (first combination)."""
+    from sdtoolkit.core.images import load_image
+    from sdtoolkit.core.io import atomic_write, case_filename, save_image
+
+    base = Path(edit.outdir)
+    out = [save_image(base / "input" / case_filename(cfg.index, cfg.prompt), load_image(cfg.image_path, models.image_size, *cfg.crop))]
+    if edit.edit_type is not EditType.STORE_ATTN:
+        edited = next(p for p in written if p.name.startswith("edited_img-") and p.suffix == ".png")
+        dest = base / "edited" / case_filename(cfg.index, edit.target)
+        out.append(atomic_write(dest, lambda tmp: shutil.copyfile(edited, tmp)))
+    return out
+
+
+def edit_complete(cfg, edit) -> bool:
+    from sdtoolkit.core.io import case_filename
+    from sdtoolkit.jobs.edit import expected_files
+
+    files = expected_files(cfg, edit) + [Path(edit.outdir) / "input" / case_filename(cfg.index, cfg.prompt)]
+    if edit.edit_type is not EditType.STORE_ATTN:
+        files.append(Path(edit.outdir) / "edited" / case_filename(cfg.index, edit.target))
+    return all(f.is_file() for f in files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = checks.model_id(args.model, args.sd_version)
+    inversion = InversionMethod(args.inversion)
+    inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
+    checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
+    editing = not args.is_train
+    df = read_cases(args.prompts_path, EDIT_COLUMNS if editing else TRAIN_COLUMNS, args.from_case, args.end_case)
+    rows = parse_rows(df, args, editing)
+
+    from accelerate import PartialState
+
+    from sdtoolkit.core.models import load_models
+    from sdtoolkit.jobs.edit import edit_folder, run_edit
+    from sdtoolkit.jobs.invert import invert
+
+    state = PartialState(cpu=args.device == "cpu")
+    mine = rows[state.process_index :: state.num_processes]
+    device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
+    models = load_models(model, device, args.dtype, args.image_encoder, args.compile)
+    template = InvertConfig(
+        prompt="", image_path="", model=model, inversion=inversion,
+        num_ddim_steps=args.num_ddim_steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
+        model_dir=args.model_dir,
+    )
+    results: list[tuple[str, str, str]] = []
+    tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
+    for row in tqdm(mine, desc=f"{tag}rows", position=state.process_index):
+        cfg = replace(template, prompt=row.prompt, image_path=row.image_path, index=row.case)
+        try:
+            checks.check_image(cfg.image_path)
+            if not editing:
+                res = invert(models, cfg, overwrite=args.overwrite, progress=False)
+                results.append((row.case, "done", str(res.path)) if res.trained else (row.case, "skipped", "already trained"))
+            elif edit_complete(cfg, row.edit):
+                results.append((row.case, "skipped", "already edited"))
+            else:
+                written = run_edit(models, cfg, row.edit, progress=False)
+                flat_copies(models, cfg, row.edit, written)
+                results.append((row.case, "done", str(edit_folder(cfg, row.edit))))
+        except Exception as exc:  # a failing row is reported and counted; the run goes on
+            reason = str(exc).splitlines()[0] if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
+            results.append((row.case, "failed", reason))
+        tqdm.write(f"{tag}case {row.case}: {results[-1][1]} ({results[-1][2]})")
+    counts = {k: sum(r[1] == k for r in results) for k in ("done", "skipped", "failed")}
+    width = max([4] + [len(r[0]) for r in results])
+    block = [f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+             f"of {len(mine)} rows"] + [f"  {case:>{width}}  {status:<7}  {reason}" for case, status, reason in results]
+    print("\n".join(block), flush=True)  # one write: other processes' lines cannot land inside the table
+    return 1 if counts["failed"] else 0
+
+
+def console() -> int:
+    """Console-script entry point: :func:`main` with the CLI error convention (exit 2, one line)."""
+    return cli.run_main(main)
+
+
+if __name__ == "__main__":
+    sys.exit(console())

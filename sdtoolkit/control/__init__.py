@@ -1,0 +1,1 @@
+"""Control: prompt-to-prompt attention controllers and the token aligners they use."""

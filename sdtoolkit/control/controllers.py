@@ -1,0 +1,230 @@
+"""Prompt-to-prompt attention control on diffusers attention processors (with StyleDiffusion's P2Plus).
+
+Controllers implement ``wants_probs(layer, call)`` / ``on_probs(probs, layer, call)`` (see
+``sdtoolkit.core.attention``) and ``step_callback(z, step)``. The sampling loop passes the step index and the
+branch (unconditional / conditional) with every UNet call; batch element 0 is the source prompt and
+element 1… the targets. Public helpers keep prompt-to-prompt's names and meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from sdtoolkit.control import aligners as seq_aligner
+from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo, map_layers
+from sdtoolkit.core.settings import EditType
+from sdtoolkit.core.words import find_word_tokens, get_time_words_attention_alpha, get_word_inds, prompt_tokens
+
+__all__ = [
+    "AttentionStore",
+    "LocalBlend",
+    "P2PController",
+    "get_equalizer",
+    "get_time_words_attention_alpha",
+    "get_word_inds",
+    "show_cross_attention",
+    "text_under_image",
+]
+
+class AttentionStore:
+    """Sums the conditional branch's cross-attention maps (head-averaged) of the map layers over steps."""
+
+    def __init__(self, layers: Sequence[LayerInfo]) -> None:
+        self.layers = frozenset(l.name for l in map_layers(list(layers)))
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps: set[int] = set()
+
+    def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
+        return call.branch == Branch.COND and layer.name in self.layers
+
+    def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        self.store(probs, layer, call)
+        return probs
+
+    def store(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> None:
+        """Add this call's maps (B, h, Q, K) → head mean (B, Q, K)."""
+        mean = probs.detach().float().mean(dim=1)
+        self.sums[layer.name] = self.sums[layer.name] + mean if layer.name in self.sums else mean
+        self.steps.add(call.step)
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        return z
+
+    def maps(self) -> torch.Tensor:
+        """Summed maps of all map layers as (B, layers, res, res, K)."""
+        if not self.sums:
+            raise RuntimeError("no cross-attention was stored: the controller was not passed to the UNet")
+        stacked = torch.stack([self.sums[n] for n in sorted(self.sums)], dim=1)  # (B, n_layers, Q, K)
+        res = int(round(stacked.shape[2] ** 0.5))
+        return stacked.reshape(stacked.shape[0], stacked.shape[1], res, res, stacked.shape[3])
+
+    def average(self) -> torch.Tensor:
+        """Per-token maps averaged over layers and stored steps: (B, res, res, K)."""
+        return self.maps().mean(dim=1) / max(len(self.steps), 1)
+
+
+@dataclass
+class LocalBlend:
+    """Keep the target equal to the source outside the blend words' attention mask.
+
+    Mask from the map layers' cross-attention of the words (source words on prompt 0, target words on
+    prompt 1), max-pool 3×3, resized to the latent, normalised by its max, thresholded; the union of the
+    prompts' masks is applied from ``start_step`` on: x_tgt ← x_src + mask · (x_tgt − x_src).
+    """
+
+    word_alphas: torch.Tensor  # (B, K): 1 at the blend words' tokens
+    start_step: int
+    threshold: float = 0.3
+
+    def mask(self, store: AttentionStore, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """Blend mask (1, 1, h, w) of 0/1 floats from the stored maps."""
+        maps = store.maps()  # (B, n_layers, r, r, K)
+        alphas = self.word_alphas.to(maps.device)[:, None, None, None, :]
+        maps = (maps * alphas).sum(-1).mean(1, keepdim=True)  # (B, 1, r, r)
+        maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
+        maps = F.interpolate(maps, size=latent_hw)
+        maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        masks = maps.gt(self.threshold)
+        return masks.any(dim=0, keepdim=True).float()
+
+    def __call__(self, z: torch.Tensor, step: int, store: AttentionStore) -> torch.Tensor:
+        if step < self.start_step:
+            return z
+        mask = self.mask(store, tuple(z.shape[2:]))
+        return z[:1] + mask * (z - z[:1])
+
+
+def get_equalizer(text: str, words: Sequence[str], values: Sequence[float], tokenizer) -> torch.Tensor:
+    """(1, 77) ones with ``values`` at the tokens of ``words`` (each must be in ``text``)."""
+    if len(words) != len(values):
+        raise ValueError(f"eq_params has {len(words)} words {list(words)} but {len(values)} values {list(values)}")
+    equalizer = torch.ones(1, tokenizer.model_max_length)
+    for word, value in zip(words, values):
+        equalizer[:, find_word_tokens(text, word, tokenizer)] = float(value)
+    return equalizer
+
+
+class P2PController:
+    """Replacement / Refinement / Reweight, LocalBlend, self-attention injection (tau_s) and P2Plus
+    unconditional self-attention injection (tau_u) for a batch [source, target…]."""
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        tokenizer,
+        num_steps: int,
+        layers: Sequence[LayerInfo],
+        latent_size: int,
+        edit_type: EditType | str = EditType.REPLACEMENT,
+        tau_c: float | tuple | dict = 0.8,
+        tau_s: float = 0.4,
+        tau_u: float = 0.0,
+        equalizer: torch.Tensor | None = None,
+        local_blend: LocalBlend | None = None,
+    ) -> None:
+        if edit_type not in (EditType.REPLACEMENT, EditType.REFINEMENT):
+            raise ValueError(f"edit_type {edit_type!r} is not one of Replacement, Refinement")
+        for name, frac in (("tau_s", tau_s), ("tau_u", tau_u)):
+            if not 0.0 <= float(frac) <= 1.0:
+                raise ValueError(f"{name} = {frac} is outside [0, 1]")
+        self.batch = len(prompts)
+        self.edit_type = EditType(edit_type)
+        max_len = tokenizer.model_max_length
+        if self.edit_type is EditType.REPLACEMENT:
+            self.mapper = seq_aligner.get_replacement_mapper(prompts, tokenizer, max_len)  # (B-1, K, K)
+            self.alphas = None
+        else:
+            mapper, alphas = seq_aligner.get_refinement_mapper(prompts, tokenizer, max_len)
+            self.mapper = mapper  # (B-1, K)
+            self.alphas = alphas.reshape(alphas.shape[0], 1, 1, alphas.shape[1])  # (B-1, 1, 1, K)
+        self.cross_alpha = get_time_words_attention_alpha(prompts, num_steps, tau_c, tokenizer, max_len)
+        self.n_s = int(num_steps * float(tau_s))  # steps with conditional self-attention injected
+        self.n_u = int(num_steps * float(tau_u))  # steps with unconditional self-attention injected (P2Plus)
+        self.equalizer = equalizer
+        self.local_blend = local_blend
+        self.max_self_resolution = latent_size // 2
+        self.store = AttentionStore(layers)
+
+    def _self_layer(self, layer: LayerInfo) -> bool:
+        return not layer.is_cross and layer.resolution <= self.max_self_resolution
+
+    def cross_active(self, step: int) -> bool:
+        return bool(self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)].any())
+
+    def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
+        if call.branch == Branch.UNCOND:
+            return call.step < self.n_u and self._self_layer(layer)
+        if layer.is_cross:
+            return self.cross_active(call.step) or (self.local_blend is not None and self.store.wants_probs(layer, call))
+        return call.step < self.n_s and self._self_layer(layer)
+
+    def replace_cross_attention(self, base: torch.Tensor, replace: torch.Tensor) -> torch.Tensor:
+        """Target maps from the source's: base (h, Q, K), replace (B-1, h, Q, K) → (B-1, h, Q, K)."""
+        if self.edit_type is EditType.REPLACEMENT:
+            out = torch.einsum("hpw,bwn->bhpn", base, self.mapper.to(base.device, base.dtype))
+        else:
+            mapped = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (B-1, h, Q, K)
+            alphas = self.alphas.to(base.device, base.dtype)
+            out = mapped * alphas + replace * (1 - alphas)
+        if self.equalizer is not None:
+            out = out * self.equalizer.to(base.device, base.dtype)[:, None, None, :]
+        return out
+
+    def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        if call.branch == Branch.COND and self.store.wants_probs(layer, call):
+            self.store.store(probs, layer, call)
+        base, replace = probs[0], probs[1:]  # (h, Q, K), (B-1, h, Q, K)
+        if layer.is_cross:
+            if not self.cross_active(call.step):
+                return probs
+            alpha = self.cross_alpha[call.step].to(probs.device, probs.dtype)  # (B-1, 1, 1, K)
+            new = self.replace_cross_attention(base, replace) * alpha + (1 - alpha) * replace
+        else:
+            new = base.unsqueeze(0).expand_as(replace)
+        return torch.cat([probs[:1], new.to(probs.dtype)], dim=0)
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        if self.local_blend is None:
+            return z
+        return self.local_blend(z, step, self.store)
+
+
+def blend_word_alphas(prompts: Sequence[str], words: Sequence[Sequence[str]], tokenizer) -> torch.Tensor:
+    """(B, K) with 1 at the tokens of ``words[b]`` in ``prompts[b]``; every word must be present."""
+    alphas = torch.zeros(len(prompts), tokenizer.model_max_length)
+    for b, (prompt, group) in enumerate(zip(prompts, words)):
+        for word in group:
+            alphas[b, find_word_tokens(prompt, word, tokenizer)] = 1.0
+    return alphas
+
+
+def text_under_image(image: np.ndarray, text: str, text_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Image (H, W, 3) uint8 with ``text`` written in a white band below it."""
+    h, w, c = image.shape
+    offset = max(12, int(h * 0.2))
+    out = np.full((h + offset, w, c), 255, dtype=np.uint8)
+    out[:h] = image
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), text, font=font)
+    draw.text(((w - (box[2] - box[0])) // 2, h + (offset - (box[3] - box[1])) // 2), text, fill=text_color, font=font)
+    return np.asarray(pil)
+
+
+def show_cross_attention(store: AttentionStore, prompt: str, tokenizer, size: int = 256, batch_index: int = 0) -> Image.Image:
+    """One image of the per-token cross-attention maps of ``prompt`` (token text under each map)."""
+    avg = store.average()[batch_index]  # (r, r, K)
+    tokens = prompt_tokens(prompt, tokenizer)
+    tiles = []
+    for k, token in enumerate(tokens):
+        amap = avg[:, :, k]
+        amap = (amap / amap.max().clamp_min(1e-12) * 255).byte().cpu().numpy()
+        tile = np.asarray(Image.fromarray(amap).resize((size, size), Image.Resampling.BICUBIC).convert("RGB"))
+        tiles.append(text_under_image(tile, token.strip() or "·"))
+    return Image.fromarray(np.concatenate(tiles, axis=1))

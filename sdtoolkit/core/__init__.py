@@ -1,0 +1,1 @@
+"""Core: DDIM math, attention processors, model loading, mapping networks, words, settings, checks, file I/O."""

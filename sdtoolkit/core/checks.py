@@ -1,0 +1,96 @@
+"""The input checks, one per input, shared by the CLIs and the jobs: errors name the bad value and what is valid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdtoolkit.core.constants import SD_VERSIONS
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import EditConfig, EditType
+
+
+def check_image(image_path: str) -> None:
+    """Fail early (before loading models) on a missing image."""
+    if not Path(image_path).is_file():
+        raise UsageError(f"image {image_path!r} does not exist (or is not a file)")
+
+
+def model_id(model: str | None, sd_version: str) -> str:
+    """``--model`` if given, else the hub id of ``--sd_version`` (checked even when ``--model`` wins)."""
+    if sd_version not in SD_VERSIONS:
+        raise UsageError(f"--sd_version {sd_version!r} is not one of {', '.join(SD_VERSIONS)}")
+    return model or SD_VERSIONS[sd_version]
+
+
+def check_fractions(values: list[float], what: str, text: object = None) -> list[float]:
+    """Each tau value must be a number in [0, 1] and the list non-empty; returns them as floats."""
+    shown = values if text is None else text
+    if not values:
+        raise UsageError(f"{what} {shown!r} is an empty list; give at least one value in [0, 1], e.g. [.6,]")
+    out = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise UsageError(f"{what} {shown!r}: {item!r} is not a number; expected values in [0, 1] such as [.6,]")
+        if not 0.0 <= float(item) <= 1.0:
+            raise UsageError(f"{what} {shown!r}: {item} is outside [0, 1]")
+        out.append(float(item))
+    return out
+
+
+def check_counts(num_inner_steps: int, num_epoch: int, num_ddim_steps: int) -> None:
+    """Step counts must be at least 1 (0 is refused, never replaced by a default)."""
+    if num_inner_steps < 1 or num_epoch < 1 or num_ddim_steps < 1:
+        raise UsageError("--num_inner_steps, --num_epoch and --num_ddim_steps must be >= 1 (got "
+                         f"{num_inner_steps}, {num_epoch}, {num_ddim_steps})")
+
+
+def check_target_given(target: str | None, edit_type: EditType) -> None:
+    """Every edit but StoreAttn needs a target prompt."""
+    if edit_type is not EditType.STORE_ATTN and not (target or "").strip():
+        raise UsageError(f"--target is required for --edit_type {edit_type} (the edited prompt, e.g. 'a tiger')")
+
+
+def check_prompt(prompt: str, tokenizer, is_1word: bool = False, what: str = "--prompt") -> None:
+    """Refuse empty prompts, prompts over the tokenizer's 77 tokens (no silent truncation) and, in 1-word
+    mode, prompts of more than one word."""
+    if not prompt or not prompt.strip():
+        raise UsageError(f"{what} is empty; give the text that describes the image")
+    n = len(tokenizer(prompt).input_ids)
+    if n > tokenizer.model_max_length:
+        raise UsageError(
+            f"{what} has {n} tokens (with start/end), more than the text encoder's {tokenizer.model_max_length}; "
+            "shorten it (the toolkit refuses rather than silently truncating)"
+        )
+    if is_1word and len(prompt.split()) != 1:
+        raise UsageError(f"{what} {prompt!r} has {len(prompt.split())} words but --is_1word 1 wants exactly one (e.g. 'dog')")
+
+
+def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = False) -> None:
+    """Check an edit request before any network runs (clear errors naming the bad value)."""
+    from sdtoolkit.core.words import find_word_tokens, prompt_tokens, word_spans  # torch: not at CLI start-up
+
+    check_prompt(prompt, tokenizer, is_1word)
+    for name in ("tau_v", "tau_c", "tau_s", "tau_u"):
+        check_fractions(getattr(edit, name), f"--{name}")
+    if edit.edit_type is EditType.STORE_ATTN:
+        return
+    check_target_given(edit.target, edit.edit_type)
+    check_prompt(edit.target, tokenizer, is_1word, what="--target")
+    if edit.edit_type is EditType.REPLACEMENT:
+        src, tgt = word_spans(prompt, tokenizer), word_spans(edit.target, tokenizer)
+        if len(src) != len(tgt):
+            raise UsageError(
+                f"Replacement needs prompts with the same number of words: {prompt!r} has {len(src)}, "
+                f"{edit.target!r} has {len(tgt)}; use --edit_type Refinement for inserted or removed words"
+            )
+    groups = []
+    if edit.blend_word:
+        groups += [(prompt, w, "--blend_word source") for w in edit.blend_word[0]]
+        groups += [(edit.target, w, "--blend_word target") for w in edit.blend_word[1]]
+    if edit.eq_params:
+        groups += [(edit.target, w, "--eq_params") for w in edit.eq_params[0]]
+    for text, word, what in groups:
+        try:
+            find_word_tokens(text, word, tokenizer)
+        except ValueError:
+            tokens = [t for t in prompt_tokens(text, tokenizer)[1:-1]]
+            raise UsageError(f"{what} word {word!r} is not in {text!r}; its tokens are: {tokens}") from None

@@ -1,0 +1,9 @@
+"""Names and numbers the whole toolkit shares, light to import (the CLIs check flags before any heavy import)."""
+
+SD_VERSIONS: dict[str, str] = {
+    "sd_1_4": "CompVis/stable-diffusion-v1-4",
+    "sd_1_5": "runwayml/stable-diffusion-v1-5",
+}
+# OpenAI CLIP's image normalisation (its preprocessing config), used by the image encoder E(x)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)

@@ -1,0 +1,184 @@
+"""Run settings as frozen dataclasses and enums: what an inversion learns (and its file names), an edit request.
+
+Light to import (no torch), so the CLIs can check flags before loading anything heavy. One name per
+concept from flag to function: ``tau_v``/``tau_c``/``tau_s``/``tau_u``, ``num_inner_steps``, ``inversion``.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdtoolkit.core.errors import UsageError
+
+
+class InversionMethod(enum.StrEnum):
+    """The inversion methods (their behaviour: ``sdtoolkit.methods.inversions.REGISTRY``)."""
+
+    STYLEDIFFUSION = "stylediffusion"
+    NULLTEXT = "nulltext"
+    NPI = "npi"
+    DDIM = "ddim"
+
+    @property
+    def tag(self) -> str:
+        """File-name tag: the reference's ``learnv`` for StyleDiffusion, else the method's name."""
+        return "learnv" if self is InversionMethod.STYLEDIFFUSION else self.value
+
+    @property
+    def default_inner_steps(self) -> int:
+        """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10)."""
+        return 10 if self is InversionMethod.NULLTEXT else 100
+
+
+class EditType(enum.StrEnum):
+    """Prompt-to-prompt edit kinds; ``StoreAttn`` reconstructs only and shows the cross-attention maps."""
+
+    REPLACEMENT = "Replacement"
+    REFINEMENT = "Refinement"
+    STORE_ATTN = "StoreAttn"
+
+
+class AttnPairing(enum.StrEnum):
+    """Which inversion maps the attention loss of step i compares with: step i, or the reference's i - 1."""
+
+    SAME = "same"
+    REFERENCE = "reference"
+
+
+def to_enum(kind: type[enum.StrEnum], value: str, flag: str) -> enum.StrEnum:
+    """``value`` as a member of ``kind``; a UsageError naming the valid values otherwise."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not one of {', '.join(m.value for m in kind)}") from None
+
+
+@dataclass(frozen=True)
+class Taus:
+    """One combination of the editing fractions (docs/method.md §4): tau_v (learned value input on the target),
+    tau_c (cross-attention), tau_s (conditional self-attention), tau_u (unconditional self-attention, P2Plus)."""
+
+    v: float
+    c: float
+    s: float
+    u: float
+
+    def stem(self) -> str:
+        """The reference's file stem, e.g. ``tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5``."""
+        return f"tau_v{float(self.v)}-tau_c{float(self.c)}-tau_s{float(self.s)}-tau_u{float(self.u)}"
+
+    def as_dict(self) -> dict[str, float]:
+        return {"tau_v": self.v, "tau_c": self.c, "tau_s": self.s, "tau_u": self.u}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the per-step optimisation of StyleDiffusion and null-text inversion needs (docs/method.md §3)."""
+
+    num_inner_steps: int = 100
+    num_epoch: int = 1
+    w_attnloss: bool = True
+    guidance_scale: float = 7.5
+    attn_pairing: AttnPairing = AttnPairing.SAME
+    early_stop: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvertConfig:
+    """Everything that determines what an inversion learns (and where it is saved)."""
+
+    prompt: str
+    image_path: str
+    index: int | str = 0
+    model: str  # no default: a hub id, a folder, "toy" or "tiny" (noise) is always chosen by the caller
+    inversion: InversionMethod = InversionMethod.STYLEDIFFUSION
+    num_ddim_steps: int = 30
+    guidance_scale: float = 7.5
+    num_inner_steps: int = 100
+    num_epoch: int = 1
+    w_attnloss: bool = True
+    is_1word: bool = False
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    attn_pairing: AttnPairing = AttnPairing.SAME
+    seed: int = 0
+    model_dir: str = "."
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inversion", to_enum(InversionMethod, self.inversion, "--inversion"))
+        object.__setattr__(self, "attn_pairing", to_enum(AttnPairing, self.attn_pairing, "--attn_pairing"))
+
+    def train_settings(self) -> TrainSettings:
+        """The optimisation settings of this inversion."""
+        return TrainSettings(self.num_inner_steps, self.num_epoch, self.w_attnloss, self.guidance_scale,
+                             self.attn_pairing)
+
+    def folder(self) -> Path:
+        """``model_learnv`` (+ ``_1word``, ``_woattnloss``) as the reference; ``model_{method}`` for baselines."""
+        sd = self.inversion is InversionMethod.STYLEDIFFUSION
+        name = f"model_{self.inversion.tag}"
+        name += "_1word" if self.is_1word else ""
+        name += "_woattnloss" if sd and not self.w_attnloss else ""
+        return Path(self.model_dir) / name
+
+    def path(self) -> Path:
+        return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{self.inversion.tag}-[{self.index}].safetensors"
+
+    def identity(self, image_sha256: str, model_fingerprint: str) -> dict:
+        """What a saved result must match to be reused: image, weights and every setting that changes it."""
+        return {
+            "inversion": self.inversion, "prompt": self.prompt, "image_sha256": image_sha256, "model": self.model,
+            "model_fingerprint": model_fingerprint,
+            "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
+            "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
+            "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing,
+        }
+
+    def train_command(self) -> str:
+        args = ["python", "stylediffusion.py", "--is_train", "True", "--index", str(self.index), "--prompt", self.prompt,
+                "--image_path", self.image_path, "--model", self.model, "--num_inner_steps", str(self.num_inner_steps),
+                "--num_ddim_steps", str(self.num_ddim_steps)]
+        if self.is_1word:
+            args += ["--is_1word", "1"]
+        if not self.w_attnloss:
+            args += ["--w_attnloss", "False"]
+        if self.inversion is not InversionMethod.STYLEDIFFUSION:
+            args += ["--inversion", self.inversion.value]
+        # settings that change the file name or what is learned: without them the printed command trains
+        # another file (or into another folder) than the one the edit looks for
+        if self.num_epoch != 1:
+            args += ["--num_epoch", str(self.num_epoch)]
+        if self.guidance_scale != 7.5:
+            args += ["--guidance_scale", str(self.guidance_scale)]
+        if any(self.crop):
+            args += ["--crop", *(str(c) for c in self.crop)]
+        if self.attn_pairing is not AttnPairing.SAME:
+            args += ["--attn_pairing", self.attn_pairing.value]
+        if self.seed != 0:
+            args += ["--seed", str(self.seed)]
+        if str(self.model_dir) != ".":
+            args += ["--model_dir", str(self.model_dir)]
+        return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """One editing request; every combination of the tau lists is run."""
+
+    target: str | None
+    edit_type: EditType = EditType.REPLACEMENT
+    tau_v: list[float] = field(default_factory=lambda: [0.5])
+    tau_c: list[float] = field(default_factory=lambda: [0.6])
+    tau_s: list[float] = field(default_factory=lambda: [0.6])
+    tau_u: list[float] = field(default_factory=lambda: [0.0])
+    blend_word: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    eq_params: tuple[tuple[str, ...], tuple[float, ...]] | None = None
+    outdir: str = "stylediffusion-results/Others"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "--edit_type"))
+
+    def combinations(self) -> list[Taus]:
+        return [Taus(*combo) for combo in itertools.product(self.tau_v, self.tau_c, self.tau_s, self.tau_u)]

@@ -1,0 +1,1 @@
+"""Evaluation: attention masks (storemask) and NS-LPIPS scoring."""

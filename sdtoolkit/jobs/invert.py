@@ -1,0 +1,132 @@
+"""Invert/train one image and keep the result on disk (safetensors + JSON sidecar); load it back for editing."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sdtoolkit.core.checks import check_image, check_prompt
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.images import load_image, pil_to_tensor, sha256_file
+from sdtoolkit.core.mapping import load_learned, save_learned, sidecar_path
+from sdtoolkit.core.models import SDModels, model_fingerprint
+from sdtoolkit.core.settings import InvertConfig
+from sdtoolkit.methods.inversions import DDIMInversion, Inversion, ddim_inversion, method_class
+from sdtoolkit.methods.sampler import latent_mse, sample
+
+MATCH_KEYS = (
+    "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
+    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint",
+)
+
+
+def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> Path | None:
+    """The saved result when one matching ``cfg`` exists (None when there is none, or ``overwrite``);
+    a UsageError naming the differences when one exists for other settings."""
+    path = cfg.path()
+    side = sidecar_path(path)
+    if overwrite or not (path.is_file() and side.is_file()):
+        return None
+    old = json.loads(side.read_text(encoding="utf-8"))
+    new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
+    diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
+    if diff:
+        details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise UsageError(
+            f"{path} exists but was made for other settings ({details}); use another --index, or --overwrite to replace it"
+        )
+    return path
+
+
+@dataclass
+class SourceImage:
+    """One input image, loaded and encoded once."""
+
+    path: str
+    sha256: str
+    pil: Image.Image
+    x: torch.Tensor  # (1, 3, S, S) in [-1, 1]
+    z0: torch.Tensor  # (1, 4, h, w) fp32
+
+
+def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> SourceImage:
+    """Load, crop and encode the input image once."""
+    pil = load_image(image_path, models.image_size, *crop)
+    x = pil_to_tensor(pil)
+    return SourceImage(str(image_path), sha256_file(image_path), pil, x, models.encode_latent(x))
+
+
+def versions() -> dict:
+    """Library versions recorded in every sidecar."""
+    import diffusers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
+
+
+@dataclass
+class InvertResult:
+    path: Path
+    trained: bool  # False: a matching result already existed and was kept
+    sidecar: dict = field(default_factory=dict)
+
+
+def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progress: bool = True) -> InvertResult:
+    """Invert one image with ``cfg.inversion`` and save what was learned (safetensors + JSON sidecar)."""
+    check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
+    check_image(cfg.image_path)
+    if existing_result(cfg, sha256_file(cfg.image_path), overwrite):
+        return InvertResult(cfg.path(), trained=False)
+    method = method_class(cfg.inversion)
+    settings = cfg.train_settings()
+    source = load_source(models, cfg.image_path, cfg.crop)
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    schedule = models.schedule(cfg.num_ddim_steps)
+    text = models.encode_text([cfg.prompt]).float()
+    null = models.encode_text([""]).float()
+    trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress)
+    z_T = trace.latents[-1]
+    inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
+    elapsed = time.perf_counter() - start
+    plain = sample(models, schedule, DDIMInversion(z_T, null), text, guidance_scale=cfg.guidance_scale)
+    learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
+    sidecar = {
+        **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
+        "image_path": str(cfg.image_path),
+        "index": cfg.index,
+        "seed": cfg.seed,
+        "dtype": str(models.dtype).replace("torch.", ""),
+        "device": str(models.device),
+        "versions": versions(),
+        "elapsed_seconds": round(elapsed, 3),
+        "iterations_per_step": log.iterations if log else [],
+        "reconstruction": {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
+                           "trained_latent_mse": latent_mse(learned, source.z0)},
+    }
+    path = save_learned(cfg.path(), inv.tensors(), sidecar)
+    return InvertResult(path, True, sidecar)
+
+
+def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, text: torch.Tensor,
+                   null: torch.Tensor) -> tuple[Inversion, dict]:
+    """Load a saved inversion and check it was made for this image, model and step count."""
+    path = cfg.path()
+    try:
+        tensors, sidecar = load_learned(path)
+    except FileNotFoundError:
+        raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
+    want = {"image_sha256": source.sha256, "model": cfg.model, "model_fingerprint": model_fingerprint(cfg.model),
+            "num_ddim_steps": cfg.num_ddim_steps}
+    diff = {k: (sidecar.get(k), v) for k, v in want.items() if sidecar.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()}")
+    inv = method_class(cfg.inversion).from_tensors(tensors, null, text, cfg.num_ddim_steps)
+    return inv, sidecar

@@ -1,0 +1,69 @@
+"""The shared sampler: guided DDIM sampling from an inversion, with an optional attention controller."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, style_processors
+from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
+from sdtoolkit.core.models import SDModels
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or latent became NaN/inf."""
+
+
+def check_finite(value: torch.Tensor, what: str, step: int) -> None:
+    """Stop with a message naming the step when ``value`` holds NaN or inf."""
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(
+            f"{what} is not finite at sampling step {step}: try --dtype fp32, or a smaller learning rate / "
+            "fewer inner steps"
+        )
+
+
+def sample(
+    models: SDModels,
+    schedule: DDIMSchedule,
+    inversion,
+    texts: torch.Tensor,
+    mapped: Callable[[int], list[bool]] | None = None,
+    guidance_scale: float = 7.5,
+    controller: AttentionController | None = None,
+    progress: bool = False,
+    desc: str = "sampling",
+    explicit: bool = False,
+) -> torch.Tensor:
+    """Sample from z_T for a batch of prompts (B, L, D) with classifier-free guidance; returns z_0 (B, 4, h, w).
+
+    ``inversion`` is a :class:`sdtoolkit.methods.inversions.Inversion` (z_T, per-step uncond embedding,
+    value-path input). The unconditional and conditional passes are separate UNet calls, so controllers see
+    which branch runs. ``mapped(i)`` says per batch element whether the value path reads the learned input
+    (default: all). The controller may blend latents after each step through ``step_callback(z, i)``.
+    ``explicit`` materialises attention probabilities in every layer (the reference's cost, used by
+    benchmarks/bench.py; results equal up to float noise).
+    """
+    batch = texts.shape[0]
+    z = inversion.z_T.expand(batch, -1, -1, -1).clone()
+    with torch.no_grad(), style_processors(models.unet):
+        for i in tqdm(range(schedule.num_steps), desc=desc, disable=not progress, leave=False):
+            t = schedule.timesteps[i]
+            use = mapped(i) if mapped is not None else [True] * batch
+            uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
+            eps_u = models.eps(z, t, inversion.uncond(i, batch), uncond_call)
+            value = inversion.value_states(i, texts, use)
+            cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
+            eps_c = models.eps(z, t, texts, cond_call)
+            z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
+            if controller is not None:
+                z = controller.step_callback(z, i)
+            check_finite(z, "the sampled latent", i)
+    return z
+
+
+def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error between two latents."""
+    return F.mse_loss(a.float(), b.float()).item()

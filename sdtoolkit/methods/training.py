@@ -1,0 +1,186 @@
+"""Per-step optimisation shared by StyleDiffusion (mapping networks M_t) and null-text inversion (uncond embeddings).
+
+Both walk the DDIM inversion trace from z_T: at step i they optimise their step-i parameters with Adam
+until one guided DDIM step from the current latent reaches the inversion latent of the next step
+(:func:`optimise_step`, docs/method.md §3), then advance the current latent with the trained parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, map_layers, style_processors
+from sdtoolkit.core.ddim import DDIMSchedule, early_stop_threshold, guided_eps, inner_steps, learning_rate, sample_step
+from sdtoolkit.core.mapping import MappingNetworks
+from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.settings import AttnPairing, TrainSettings
+from sdtoolkit.methods.sampler import check_finite
+
+
+@dataclass
+class InversionTrace:
+    """DDIM inversion of one image: ``latents[k]`` after k inversion steps (z_0 … z_T) and, per sampling
+    step i, the recorded conditional cross-attention maps at timestep ``timesteps[i]`` (B, h, Q, 77)."""
+
+    latents: list[torch.Tensor]
+    maps: list[dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainLog:
+    """Per-step optimisation record: inner iterations run at each sampling step."""
+
+    iterations: list[int] = field(default_factory=list)
+
+
+def reference_pairing(i: int) -> int:
+    """The reference's map index for training step i: one step noisier, the first step reusing its own."""
+    return max(i - 1, 0)
+
+
+def optimise_step(
+    step_loss: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    i: int,
+    n_inner: int,
+    early_stop: bool,
+    bar: tqdm,
+    num_steps: int,
+    what: str,
+) -> int:
+    """Adam on step i's parameters: up to ``n_inner`` iterations of ``step_loss``, stopping early once the loss
+    falls under ``early_stop_threshold(i)`` (docs/method.md §3). Returns the iterations run."""
+    for j in range(n_inner):
+        loss = step_loss()
+        check_finite(loss.detach(), what, i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.item()
+        bar.update(1)
+        bar.set_postfix(step=f"{i + 1}/{num_steps}", it=j + 1, loss=f"{loss_value:.2e}")
+        if early_stop and loss_value < early_stop_threshold(i):
+            bar.update(n_inner - j - 1)
+            break
+    return j + 1
+
+
+def stylediffusion_loss(
+    models: SDModels,
+    schedule: DDIMSchedule,
+    mapping: MappingNetworks,
+    i: int,
+    z: torch.Tensor,
+    eps_u: torch.Tensor,
+    target: torch.Tensor,
+    gt_maps: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    features: torch.Tensor,
+    settings: TrainSettings,
+    map_names: frozenset[str],
+) -> torch.Tensor:
+    """Loss of M_i (docs/method.md §3): MSE(z̃_{t-1}, ẑ_{t-1}) + Σ_layers MSE(a, â) over ``map_names`` (none
+    without the attention loss). ``eps_u`` is computed once per step by the caller; processors must be installed."""
+    names = map_names if settings.w_attnloss else frozenset()
+    recorder = MapRecorder(names) if names else None
+    value = mapping.value_input(i, features, text)
+    eps_c = models.eps(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder))
+    z_prev = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
+    loss = F.mse_loss(z_prev, target)
+    for name in names:
+        loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())
+    return loss
+
+
+def train_mapping(
+    models: SDModels,
+    trace: InversionTrace,
+    text: torch.Tensor,
+    null: torch.Tensor,
+    features: torch.Tensor,
+    schedule: DDIMSchedule,
+    settings: TrainSettings,
+    progress: bool = True,
+) -> tuple[MappingNetworks, TrainLog]:
+    """Train StyleDiffusion's M_1 … M_T (docs/method.md §3): per step, Adam on M_i so that one guided DDIM step
+    from the current latent reaches the inversion latent of the next step, with the cross-attention maps kept
+    close to the inversion's; then advance the current latent with the trained M_i."""
+    num = schedule.num_steps
+    names = frozenset(l.name for l in map_layers(models.layers()))
+    mapping = MappingNetworks(num, features.shape[1], models.max_length).to(models.device)
+    text = text.float()
+    log = TrainLog()
+    total = settings.num_epoch * sum(inner_steps(settings.num_inner_steps, i) for i in range(num))
+    bar = tqdm(total=total, desc="training M_t", disable=not progress)
+    with style_processors(models.unet):
+        for epoch in range(settings.num_epoch):
+            z = trace.latents[num]
+            for i in range(num):
+                t = schedule.timesteps[i]
+                if epoch == 0:
+                    mapping.init_from_previous(i)
+                target = trace.latents[num - i - 1]
+                gt = trace.maps[reference_pairing(i) if settings.attn_pairing is AttnPairing.REFERENCE else i]
+                optimizer = torch.optim.Adam(mapping.nets[i].parameters(), lr=learning_rate(i))
+                with torch.no_grad():
+                    eps_u = models.eps(z, t, null, AttnCall(i, Branch.UNCOND))
+                step_loss = lambda: stylediffusion_loss(models, schedule, mapping, i, z, eps_u, target, gt, text,  # noqa: E731
+                                                        features, settings, names)
+                log.iterations.append(optimise_step(step_loss, optimizer, i, inner_steps(settings.num_inner_steps, i),
+                                                    settings.early_stop, bar, num, "the training loss"))
+                with torch.no_grad():
+                    value = mapping.value_input(i, features, text)
+                    eps_c = models.eps(z, t, text, AttnCall(i, Branch.COND, value_states=value))
+                    z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
+                check_finite(z, "the current latent", i)
+    bar.close()
+    mapping.eval()
+    mapping.requires_grad_(False)
+    return mapping, log
+
+
+def train_null_embeddings(
+    models: SDModels,
+    trace: InversionTrace,
+    text: torch.Tensor,
+    null: torch.Tensor,
+    schedule: DDIMSchedule,
+    settings: TrainSettings,
+    progress: bool = True,
+) -> tuple[torch.Tensor, TrainLog]:
+    """Null-text inversion (docs/method.md §5): per step, Adam (lr 0.01·(1 − i/100)) on the unconditional embedding
+    for up to ``num_inner_steps`` iterations, early stop at 1e-5 + i·2e-5; the conditional prediction once per
+    step. Returns the per-step embeddings (T, 1, L, D)."""
+    num = schedule.num_steps
+    uncond = null.detach().float().clone()
+    per_step = []
+    log = TrainLog()
+    bar = tqdm(total=num * settings.num_inner_steps, desc="null-text inversion", disable=not progress)
+    with style_processors(models.unet):
+        z = trace.latents[num]
+        for i in range(num):
+            t = schedule.timesteps[i]
+            target = trace.latents[num - i - 1]
+            uncond = uncond.detach().requires_grad_(True)
+            optimizer = torch.optim.Adam([uncond], lr=learning_rate(i))
+            with torch.no_grad():
+                eps_c = models.eps(z, t, text, AttnCall(i, Branch.COND))
+
+            def step_loss() -> torch.Tensor:
+                eps_u = models.eps(z, t, uncond, AttnCall(i, Branch.UNCOND))
+                return F.mse_loss(sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale)), target)
+
+            log.iterations.append(optimise_step(step_loss, optimizer, i, settings.num_inner_steps, settings.early_stop,
+                                                bar, num, "the null-text loss"))
+            uncond = uncond.detach()
+            per_step.append(uncond.clone())
+            with torch.no_grad():
+                eps_u = models.eps(z, t, uncond, AttnCall(i, Branch.UNCOND))
+                z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
+            check_finite(z, "the current latent", i)
+    bar.close()
+    return torch.stack(per_step), log
