@@ -15,7 +15,7 @@ object edits blend on the edited word, ``((source word,), (target word,))`` (``-
 background edits use no local blend by default (``--background_blend none``). Why: a background edit
 changes most of the image, so a blend mask could only protect the objects, and with the toy model the
 max-normalised 8×8 cross-attention maps of every word are nearly flat (min/max > 0.3 everywhere), so at
-the SPEC's threshold 0.3 the mask of ``"background"``, of the colour word or of both covers 93–100 % of
+the reference's threshold 0.3 (docs/method.md §4) the mask of ``"background"``, of the colour word or of both covers 93–100 % of
 the latent and changes nothing measurable (checked on 4 scenes with thresholds 0.3, 0.6, 0.8; the
 ``blend area`` column reports the mask's coverage for every blended edit). ``--blend_threshold`` changes
 the threshold of every blend.
@@ -641,7 +641,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="local blend of background edits: none, the colour word ('word'), the word "
                              "'background', or both")
     parser.add_argument("--blend_threshold", type=float, default=0.3,
-                        help="local-blend threshold on the max-normalised attention mask (SPEC: 0.3)")
+                        help="local-blend threshold on the max-normalised attention mask (docs/method.md §4: 0.3)")
     parser.add_argument("--no_free_check", action="store_true",
                         help="skip the model_can check (free samples of the target prompts)")
     parser.add_argument("--dilate", type=int, default=3, help="pixels by which object masks are dilated")

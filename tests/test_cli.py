@@ -249,3 +249,14 @@ def test_bad_input_exits_2_with_one_readable_line(case, work, inproc, not_image,
     line = _assert_usage_error(code, err, *fragments)
     assert line.startswith("error:")
     assert not (work / "bad-models").exists() and not (work / "bad-out").exists()
+
+
+def test_a_bad_boolean_names_the_value_and_the_valid_spellings(capsys):
+    """str2bool's own message reaches the user (argparse keeps ArgumentTypeError messages), exit status 2."""
+    from sdtoolkit.cli import stylediffusion
+
+    with pytest.raises(SystemExit) as info:
+        stylediffusion.build_parser().parse_args(["--is_train", "maybe", "--prompt", "a cat", "--image_path", "x.png"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--is_train" in err and "'maybe' is not a boolean" in err and "True/False" in err

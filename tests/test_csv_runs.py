@@ -148,7 +148,7 @@ def test_train_edit_storemask_ns_lpips_chain(tmp_path, monkeypatch, capsys):
         assert side["prompt"] == edit_rows[case]["prompt"]
         assert Path(side["image_path"]).resolve() == (proj / "example_images" / Path(edit_rows[case]["image_path"]).name).resolve()
 
-    # editing: SPEC §4 files under {save_path}/{csv stem}/{case} {target}/ plus the flat copies
+    # editing: the files of docs/method.md §6 under {save_path}/{csv stem}/{case} {target}/ plus the flat copies
     proc = run_script(edit_args, tmp_path)
     assert proc.returncode == 0
     assert summary(proc.stdout) == (2, 0, 0, 2)
@@ -373,3 +373,12 @@ def test_storemask_bad_blend_word_names_the_case(tmp_path, capsys):
     rc = cli.run_main(storemask.main, ["--prompts_path", str(edit_csv), "--input_path", str(tmp_path),
                                        "--model", "tiny", "--device", "cpu"])
     assert_usage_error(rc, *capsys.readouterr(), "case 1", "--blend_word")
+
+
+@pytest.mark.parametrize("flag", ["--num_inner_steps", "--num_epoch", "--num_ddim_steps"])
+def test_zero_step_counts_are_refused_like_the_single_image_cli(tmp_path, capsys, flag):
+    """``--num_inner_steps 0`` once became 100 silently here; now both CLIs refuse it with one message."""
+    csv = tmp_path / "train.csv"
+    csv.write_text("case_number,prompt,image_path\n1,a cat,example_images/cat.jpg\n")
+    argv = ["--is_train", "True", "--prompts_path", str(csv), *FAST, flag, "0"]
+    assert_usage_error(*run_csv(argv, capsys), flag, ">= 1")

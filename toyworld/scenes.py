@@ -155,14 +155,6 @@ HELDOUT_SEED_START = 1_000_000
 """Seeds at or above this value are evaluation-only: training never uses them."""
 
 
-def nominal_scene(scene: Scene) -> Scene:
-    """The same scene with every object at its slot centre and mid-range radius (the caption's layout)."""
-    n = len(scene.objects)
-    lo, hi = RADIUS_RANGE[n]
-    objects = tuple(replace(o, centre=SLOTS[n][k], radius=(lo + hi) / 2) for k, o in enumerate(scene.objects))
-    return replace(scene, objects=objects)
-
-
 def edit_scene(scene: Scene, kind: EditKind, rng: np.random.Generator) -> tuple[Scene, str, str]:
     """Change one attribute of ``scene``; return (new scene, source word, target word) of the caption edit.
 

@@ -91,7 +91,7 @@ def map_resolution(layers: list[LayerInfo]) -> int:
 
 
 def map_layers(layers: list[LayerInfo]) -> list[LayerInfo]:
-    """The down/up cross-attention layers at :func:`map_resolution` (the SPEC's 16×16 layers)."""
+    """The down/up cross-attention layers at :func:`map_resolution` (16×16 for SD, docs/method.md §2)."""
     res = map_resolution(layers)
     return [l for l in layers if l.is_cross and l.place in ("down", "up") and l.resolution == res]
 

@@ -26,7 +26,9 @@ SCHEDULER_CONFIG: dict = {
     "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
-"""The DDIM scheduler of SPEC §2, always used whatever the model folder ships."""
+"""Stable Diffusion 1.x's scheduler settings as diffusers writes them (docs/method.md §1): written into the model
+folders this toolkit makes (tiny pipeline folder, toy model) and the diffusers reference of the tests. Sampling and
+inversion use :func:`make_schedule`, never the scheduler a model folder ships."""
 
 
 def ddim_transfer(z: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:

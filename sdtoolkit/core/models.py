@@ -82,7 +82,7 @@ class SDModels:
         return unet_layers(self.unet)
 
     def schedule(self, num_steps: int):
-        """The DDIM schedule of SPEC §2 over ``num_steps`` steps."""
+        """The DDIM schedule of docs/method.md §1 over ``num_steps`` steps."""
         return make_schedule(num_steps, scaled_linear_alphas_cumprod())
 
     @torch.no_grad()

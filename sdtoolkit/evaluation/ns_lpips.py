@@ -1,4 +1,4 @@
-"""NS-LPIPS: LPIPS between input and edited image on the non-selected (background) region (SPEC §5).
+"""NS-LPIPS: LPIPS between input and edited image on the non-selected (background) region (docs/method.md §7).
 
 For each case of an editing CSV the input image ``{input_path}/{case} {prompt}.png``, the edited image
 ``{edited_path}/{case} {target}.png`` and the background mask ``{mask_path}/{case} {prompt}.png``
