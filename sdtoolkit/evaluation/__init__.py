@@ -1,1 +1,1 @@
-"""Evaluation: attention masks (storemask) and NS-LPIPS scoring."""
+"""Evaluation: attention masks (storemask), NS-LPIPS scoring, PIE-Bench data and metrics."""
