@@ -7,9 +7,9 @@ decoded edit mask (1 = edited, border set to 1; :func:`sdtoolkit.evaluation.pie_
 
 * ``structure_distance``: MSE between the cosine self-similarity matrices (all tokens, CLS included) of
   the last-layer attention keys of DINO ViT-B/8, for the source and the edited image. Each image is
-  resized so that its shorter side is 224 (longer side at most 480) and ImageNet-normalised. The published
-  evaluator feeds pixel values in 0..255 (not 0..1) to that normalisation; we do the same so that the
-  numbers compare with the published table (see DINO_PIXEL_SCALE).
+  resized so that its shorter side is 224 (longer side at most 480; bilinear, no antialiasing) and
+  ImageNet-normalised. The published evaluator feeds pixel values in 0..255 (not 0..1) to that
+  normalisation; we do the same so that the numbers compare with the published table (DINO_PIXEL_SCALE).
 * ``psnr_unedit_part``, ``lpips_unedit_part``, ``mse_unedit_part``, ``ssim_unedit_part``: both images in
   [0, 1] multiplied by (1 - mask), then PSNR (data range 1), LPIPS (SqueezeNet, inputs mapped to
   [-1, 1]), MSE over all pixels and channels, SSIM (Gaussian 11×11, sigma 1.5, data range 1). Undefined
@@ -79,6 +79,9 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"
 DINO_SHORT_SIDE, DINO_MAX_SIDE = 224, 480
 DINO_PIXEL_SCALE = 255.0
 """Pixel values given to DINO's ImageNet normalisation range over 0..DINO_PIXEL_SCALE (published evaluator)."""
+DINO_ANTIALIAS = False
+"""The published evaluator resizes tensors with torchvision's ``Resize``, which did not antialias tensors
+before torchvision 0.17 (2024), the releases of the benchmark's time; we resize the same way."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS_SEED = 0
 
@@ -160,9 +163,10 @@ def cosine_self_similarity(tokens: torch.Tensor, eps: float = 1e-8) -> torch.Ten
 
 def dino_input(image: np.ndarray) -> torch.Tensor:
     """(1, 3, h, w): an (H, W, 3) uint8 image in 0..255, resized (shorter side 224, longer <= 480,
-    bilinear, antialiased) and ImageNet-normalised as the published evaluator does (on 0..255 values)."""
+    bilinear, not antialiased: DINO_ANTIALIAS) and ImageNet-normalised as the published evaluator does (on
+    0..255 values)."""
     x = torch.from_numpy(image.astype(np.float32) * (DINO_PIXEL_SCALE / 255.0)).permute(2, 0, 1)  # (3, H, W)
-    x = TF.resize(x, [DINO_SHORT_SIDE], max_size=DINO_MAX_SIDE, antialias=True)
+    x = TF.resize(x, [DINO_SHORT_SIDE], max_size=DINO_MAX_SIDE, antialias=DINO_ANTIALIAS)
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD).unsqueeze(0)
 
 
