@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdtoolkit.errors import UsageError
+from sdtoolkit.core.errors import UsageError
 from sdtoolkit.evaluation.pie_data import (CaseError, bracketed_words, decode_mask, encode_mask, load_benchmark,
                                            remove_brackets, select_cases)
 

@@ -47,9 +47,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sdtoolkit.errors import UsageError
+from sdtoolkit.core.errors import UsageError
 from sdtoolkit.evaluation.pie_data import IMAGES_DIR, MAPPING_FILE, encode_mask
-from sdtoolkit.layout import save_image, write_json
+from sdtoolkit.core.io import save_image, write_json
 from toyworld.scenes import EDIT_KINDS, HELDOUT_SEED_START, Scene, SceneObject, caption, edit_scene, render, scene_from_seed
 
 EDIT_TYPE_IDS: dict[str, str] = {"colour": "6", "shape": "1", "background": "8"}

@@ -46,12 +46,12 @@ from torchmetrics.multimodal import CLIPScore
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, ViTConfig, ViTModel
 
-from sdtoolkit.errors import UsageError
+from sdtoolkit.core.errors import UsageError
 from sdtoolkit.evaluation.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_editing_types, load_benchmark,
                                            select_cases)
-from sdtoolkit.images import to_rgb
-from sdtoolkit.layout import atomic_write
-from sdtoolkit.tokenizer import CLIP_TOKENIZER_DIR
+from sdtoolkit.core.images import to_rgb
+from sdtoolkit.core.io import atomic_write
+from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR
 
 METRICS: tuple[str, ...] = (
     "structure_distance",
@@ -117,7 +117,7 @@ class OutputError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (any mode converted by sdtoolkit.images.to_rgb)."""
+    """An image file as (H, W, 3) uint8 RGB (any mode converted by sdtoolkit.core.images.to_rgb)."""
     try:
         with Image.open(path) as image:
             image.load()
