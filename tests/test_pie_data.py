@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.evaluation.pie_data import (CaseError, bracketed_words, decode_mask, encode_mask, load_benchmark,
+from sdtoolkit.jobs.pie_data import (CaseError, bracketed_words, decode_mask, encode_mask, load_benchmark,
                                            remove_brackets, select_cases)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdtoolkit.evaluation.pie_data import encode_mask, load_benchmark
+from sdtoolkit.jobs.pie_data import encode_mask, load_benchmark
 from sdtoolkit.evaluation.pie_metrics import (METRICS, BackboneSettings, OutputError, PieScorer, column, dino_input,
                                               edited_panel, last_layer_keys, main)
 
@@ -71,7 +71,7 @@ def test_structure_distance_uses_last_layer_keys_and_removes_its_hook(scorer):
 
 
 def _case():
-    from sdtoolkit.evaluation.pie_data import PieCase
+    from sdtoolkit.jobs.pie_data import PieCase
 
     return PieCase(key="k", index=0, image_path="x.png", original_prompt="a [cat]", editing_prompt="a [dog]",
                    editing_instruction="", editing_type_id="1", blended_word=(), mask_pairs=(40, 10),

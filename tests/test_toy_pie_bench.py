@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdtoolkit.evaluation.pie_data import load_benchmark
+from sdtoolkit.jobs.pie_data import load_benchmark
 from toyworld.pie_bench import EDIT_TYPE_IDS, load_ground_truth, main, target_image, write_toy_pie_bench
 from toyworld.scenes import render
 

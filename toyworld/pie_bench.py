@@ -13,7 +13,7 @@ shape       ``"1"``          change object (first object's shape)               
 background  ``"8"``          change background (background colour)              ``""`` (none)
 ==========  ===============  =================================================  ==================
 
-The folder holds what PIE-Bench holds, so ``sdtoolkit.evaluation.pie_data`` and the PIE-Bench runner and
+The folder holds what PIE-Bench holds, so ``sdtoolkit.jobs.pie_data`` and the PIE-Bench runner and
 metrics read it unchanged:
 
 * ``mapping_file.json``: per key (12 digits: the type id, then the case number) ``image_path``
@@ -31,9 +31,11 @@ PIE-Bench images are 512×512, so nothing changes there). The runner's 4-panel o
 of ``--size`` px, and the metrics take the bottom-right ``--size`` square as the edited image.
 
 Ground truth beside the benchmark files (not part of PIE-Bench's format, ignored by its readers):
-``toy_ground_truth.json`` (per key: scene seed, edit kind, source and target words, both scenes) and
+``toy_ground_truth.json`` (per key: scene seed, edit kind, source and target words, both scenes, every
+object's mask in both scenes as run-length pairs, the palette) and
 ``ground_truth/{image_path}`` (the rendered target scene), so edit success and preservation can be
-scored against exact ground truth from the same run (:func:`load_ground_truth`).
+scored against exact ground truth from the same run (:func:`load_ground_truth`;
+``sdtoolkit.evaluation.toy_scores`` reads the file itself, ``pie_metrics`` adds those scores).
 """
 from __future__ import annotations
 
@@ -48,9 +50,9 @@ import numpy as np
 from PIL import Image
 
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.evaluation.pie_data import IMAGES_DIR, MAPPING_FILE, encode_mask
+from sdtoolkit.jobs.pie_data import IMAGES_DIR, MAPPING_FILE, encode_mask
 from sdtoolkit.core.io import save_image, write_json
-from toyworld.scenes import EDIT_KINDS, HELDOUT_SEED_START, Scene, SceneObject, caption, edit_scene, render, scene_from_seed
+from toyworld.scenes import EDIT_KINDS, HELDOUT_SEED_START, PALETTE, Scene, SceneObject, caption, edit_scene, render, scene_from_seed
 
 EDIT_TYPE_IDS: dict[str, str] = {"colour": "6", "shape": "1", "background": "8"}
 """PIE-Bench editing_type_id of each toy edit kind."""
@@ -143,7 +145,10 @@ def write_toy_pie_bench(out: Path, n: int, seed: int = 0, size: int = 64) -> dic
             }
             truth[key] = {"seed": scene_id, "kind": kind, "source_word": source_word, "target_word": target_word,
                           "source_scene": asdict(scene), "target_scene": asdict(new),
-                          "target_image": f"{GROUND_TRUTH_DIR}/{image_path}"}
+                          "target_image": f"{GROUND_TRUTH_DIR}/{image_path}",
+                          "source_masks": [encode_mask(np.asarray(m, dtype=bool)) for m in masks],
+                          "target_masks": [encode_mask(np.asarray(m, dtype=bool)) for m in target_masks],
+                          "palette": {name: list(rgb) for name, rgb in PALETTE.items()}}
             save_image(out / IMAGES_DIR / image_path, image)
             save_image(out / GROUND_TRUTH_DIR / image_path, target_image)
     write_json(out / GROUND_TRUTH_FILE, truth)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", default=None, help="target prompt")
     g.add_argument("--tau_v", default="[.5,]", help="fractions of steps with M_t on the target's value path")
     cli.add_attention_flags(g, tau_u_default="[.0,]")
+    g.add_argument("--blend_mask", default=None, metavar="PATH",
+                   help="mask image (white = may change, cropped/resized as the input) used instead of the blend "
+                        "words' attention mask by LocalBlend")
     g.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[m.value for m in EditType])
     g.add_argument("--outdir", default="stylediffusion-results/Others")
     return p
@@ -68,8 +71,10 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         target=args.target, edit_type=edit_type, tau_v=cli.fraction_list(args.tau_v, "--tau_v"),
         tau_c=cli.fraction_list(args.tau_c, "--tau_c"), tau_s=cli.fraction_list(args.tau_s, "--tau_s"),
         tau_u=cli.fraction_list(args.tau_u, "--tau_u"), blend_word=cli.blend_words(args.blend_word),
-        eq_params=cli.eq_params(args.eq_params), outdir=args.outdir,
+        eq_params=cli.eq_params(args.eq_params), outdir=args.outdir, blend_mask=args.blend_mask,
     )
+    if args.blend_mask is not None:
+        checks.check_image(args.blend_mask)
     return inv, edit
 
 

@@ -23,6 +23,7 @@ from sdtoolkit.core.words import find_word_tokens, get_time_words_attention_alph
 __all__ = [
     "AttentionStore",
     "LocalBlend",
+    "MaskBlend",
     "P2PController",
     "get_equalizer",
     "get_time_words_attention_alpha",
@@ -97,6 +98,37 @@ class LocalBlend:
             return z
         mask = self.mask(store, tuple(z.shape[2:]))
         return z[:1] + mask * (z - z[:1])
+
+
+def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, h, w) 0/1 floats: a latent cell is inside when any pixel of an (H, W) image mask under it is
+    (area resize, then > 0), so an object's edge is never cut off by the 8× coarser latent grid."""
+    image = mask.detach().float()[None, None]  # (H, W) -> (1, 1, H, W)
+    return F.interpolate(image, size=latent_hw, mode="area").gt(0).float()
+
+
+@dataclass
+class MaskBlend(LocalBlend):
+    """LocalBlend with a fixed user mask (1 = may change) instead of the words' attention mask.
+
+    The blend is LocalBlend's, x_tgt ← x_src + mask · (x_tgt − x_src) from ``start_step`` on; only where the
+    mask comes from differs (``stylediffusion.py --blend_mask``, ``pie_bench.py --use_annotation_mask``).
+    """
+
+    user_mask: torch.Tensor | None = None  # (H, W) at image or latent resolution, values in [0, 1]
+
+    def __post_init__(self) -> None:
+        if self.user_mask is None or self.user_mask.ndim != 2:
+            raise ValueError(f"MaskBlend needs an (H, W) user_mask, got {None if self.user_mask is None else tuple(self.user_mask.shape)}")
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, start_step: int, batch: int = 2) -> "MaskBlend":
+        """A blend that uses ``mask`` at every step from ``start_step`` (no blend words)."""
+        return cls(word_alphas=torch.zeros(batch, 1), start_step=start_step, user_mask=mask)
+
+    def mask(self, store: AttentionStore | None, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The user mask at the latent's size (:func:`latent_mask`); ``store`` is not read."""
+        return latent_mask(self.user_mask, latent_hw)
 
 
 def get_equalizer(text: str, words: Sequence[str], values: Sequence[float], tokenizer) -> torch.Tensor:

@@ -61,6 +61,20 @@ def load_image(
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def load_mask(
+    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0
+) -> torch.Tensor:
+    """A mask image (white = 1) cropped and resized as :func:`load_image` does its image: (size, size) 0/1 float.
+
+    A pixel is 1 when its grey level is at least half white; a mask with no 1 is refused (it would edit nothing).
+    """
+    grey = np.asarray(load_image(path, size, left, right, top, bottom).convert("L"), dtype=np.float32)
+    mask = torch.from_numpy((grey >= 128).astype(np.float32))
+    if not mask.any():
+        raise UsageError(f"mask {str(path)!r} has no white pixel: nothing could be edited (white = may change)")
+    return mask
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB → (1, 3, H, W) float in [-1, 1]."""
     arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)

@@ -176,6 +176,7 @@ class EditConfig:
     blend_word: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     eq_params: tuple[tuple[str, ...], tuple[float, ...]] | None = None
     outdir: str = "stylediffusion-results/Others"
+    blend_mask: str | None = None  # mask image (white = may change); replaces the blend words' attention mask
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "--edit_type"))

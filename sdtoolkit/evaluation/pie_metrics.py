@@ -3,7 +3,7 @@
 For each case the edited image is the right-most square panel of the method's output (PnPInversion's
 runners save instruction | source | reconstruction | edited side by side; a square output is used as it
 is) and is compared with the case's source image under ``annotation_images/``. ``mask`` is the case's
-decoded edit mask (1 = edited, border set to 1; :func:`sdtoolkit.evaluation.pie_data.decode_mask`):
+decoded edit mask (1 = edited, border set to 1; :func:`sdtoolkit.jobs.pie_data.decode_mask`):
 
 * ``structure_distance``: MSE between the cosine self-similarity matrices (all tokens, CLS included) of
   the last-layer attention keys of DINO ViT-B/8, for the source and the edited image. Each image is
@@ -47,10 +47,11 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, ViTConfig, ViTModel
 
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.evaluation.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_editing_types, load_benchmark,
+from sdtoolkit.jobs.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_editing_types, load_benchmark,
                                            select_cases)
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write
+from sdtoolkit.evaluation import toy_scores
 from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR
 
 METRICS: tuple[str, ...] = (
@@ -523,6 +524,13 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(summary, method))
     print(f"\nmean [number of cases it was taken over]; NaN cases (metric undefined, output missing) are left out\n"
           f"per-case values: {result_path}\nsummary: {summary_path}")
+    if toy_scores.has_ground_truth(args.data_path):
+        toy = toy_scores.score_outputs(args.data_path, {m: method_folder(args.output_path, m) for m in methods}, cases,
+                                       read_rgb)
+        toy_path = result_path.with_name(f"{result_path.stem}_toy.csv")
+        atomic_write(toy_path, lambda tmp: toy.to_csv(tmp, index=False, na_rep="nan"))
+        print(f"\ntoy-world ground truth (sdtoolkit.evaluation.toy_scores), per-case values: {toy_path}\n"
+              f"{toy_scores.markdown(toy_scores.summarise(toy))}")
     any_scored = scored.table[[column(m, METRICS[0]) for m in methods]].notna().to_numpy().any()
     return 0 if any_scored else 1
 

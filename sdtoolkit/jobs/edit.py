@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdtoolkit.control.controllers import AttentionStore, LocalBlend, P2PController, blend_word_alphas, get_equalizer, \
-    show_cross_attention
+from sdtoolkit.control.controllers import AttentionStore, LocalBlend, MaskBlend, P2PController, blend_word_alphas, \
+    get_equalizer, show_cross_attention
 from sdtoolkit.core.checks import validate_edit
-from sdtoolkit.core.images import image_grid, tensor_to_pil
+from sdtoolkit.core.images import image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.io import save_image, write_json
 from sdtoolkit.core.mapping import sidecar_path
 from sdtoolkit.core.models import SDModels
@@ -38,13 +38,20 @@ def expected_files(cfg: InvertConfig, edit: EditConfig) -> list[Path]:
     return out
 
 
-def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps: int, taus: Taus) -> P2PController:
-    """The P2Plus controller for [prompt, edit.target] with one tau combination (tau_v is the sampler's)."""
+def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps: int, taus: Taus,
+                     blend_mask: torch.Tensor | None = None) -> P2PController:
+    """The P2Plus controller for [prompt, edit.target] with one tau combination (tau_v is the sampler's).
+
+    ``blend_mask`` ((H, W), 1 = may change): a user mask that replaces the blend words' attention mask
+    (:class:`MaskBlend`, applied from the same step as LocalBlend).
+    """
     prompts = [prompt, edit.target]
     tok = models.tokenizer
     equalizer = get_equalizer(edit.target, *edit.eq_params, tok) if edit.eq_params else None
     blend = None
-    if edit.blend_word:
+    if blend_mask is not None:
+        blend = MaskBlend.from_mask(blend_mask, start_step=int(0.2 * num_steps), batch=len(prompts))
+    elif edit.blend_word:
         alphas = blend_word_alphas(prompts, edit.blend_word, tok)
         blend = LocalBlend(alphas, start_step=int(0.2 * num_steps))
     return P2PController(prompts, tok, num_steps, models.layers(), models.latent_size, edit.edit_type,
@@ -52,11 +59,12 @@ def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps:
 
 
 def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig, taus: Taus, texts: torch.Tensor,
-                 num_steps: int, guidance_scale: float = 7.5, controller: P2PController | None = None) -> torch.Tensor:
+                 num_steps: int, guidance_scale: float = 7.5, controller: P2PController | None = None,
+                 blend_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample [source, target] with P2Plus for ``taus``; the target's value path uses the learned input for steps
     < tau_v·T, the source's always (docs/method.md §4). Returns latents (2, 4, h, w)."""
     if controller is None:
-        controller = build_controller(models, prompt, edit, num_steps, taus)
+        controller = build_controller(models, prompt, edit, num_steps, taus, blend_mask)
     n_v = int(taus.v * num_steps)
     return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, i < n_v], guidance_scale, controller)
 
@@ -83,9 +91,11 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
         write_json(folder / "run.json", {**base, "files": [str(p) for p in written]})
         return written
     texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
+    mask = load_mask(edit.blend_mask, models.image_size, *cfg.crop) if edit.blend_mask else None
     for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not progress):
         start = time.perf_counter()
-        z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale)
+        z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
+                         blend_mask=mask)
         images = models.decode_latent(z)
         rec, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
         written.append(save_image(folder / f"edited_img-{taus.stem()}.png", edited))

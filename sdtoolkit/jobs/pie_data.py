@@ -90,12 +90,14 @@ def check_mask_pairs(pairs: Any, shape: tuple[int, int]) -> tuple[int, ...]:
     return tuple(int(v) for v in pairs)
 
 
-def decode_mask(pairs: Sequence[int], shape: tuple[int, int] = (PIE_IMAGE_SIZE, PIE_IMAGE_SIZE)) -> np.ndarray:
+def decode_mask(pairs: Sequence[int], shape: tuple[int, int] = (PIE_IMAGE_SIZE, PIE_IMAGE_SIZE),
+                border: bool = True) -> np.ndarray:
     """The (H, W) float mask (1 = edited region) of run-length ``pairs``, as PIE-Bench's evaluator decodes it.
 
     ``pairs`` is (start, length, start, length, ...) over the row-major flattened H·W image; a run is
     clipped at the last pixel. Then the image border (first/last row and column) is set to 1, as the
-    benchmark does "to avoid annotation errors in boundary". Values are float64 0/1.
+    benchmark does "to avoid annotation errors in boundary" (``border=False``: not, for exact masks such as
+    the toy world's ground truth). Values are float64 0/1.
     """
     height, width = shape
     length = height * width
@@ -106,6 +108,8 @@ def decode_mask(pairs: Sequence[int], shape: tuple[int, int] = (PIE_IMAGE_SIZE, 
     np.add.at(delta, starts[keep], 1)
     np.add.at(delta, ends[keep], -1)
     mask = (np.cumsum(delta[:length]) > 0).astype(np.float64).reshape(height, width)  # (H*W,) -> (H, W)
+    if not border:
+        return mask
     mask[0, :] = mask[-1, :] = 1
     mask[:, 0] = mask[:, -1] = 1
     return mask

@@ -1,0 +1,149 @@
+"""PIE-Bench runner: invert and edit every case of a PIE-Bench folder with one method; outputs in PnPInversion's layout.
+
+    python pie_bench.py --data_path PIE-Bench --output_path output --method stylediffusion
+    python eval_metrics/pie_metrics.py --data_path PIE-Bench --output_path output --methods stylediffusion
+
+Defaults reproduce PIE-Bench's StyleDiffusion + P2P row (SD 1.4, T = 50, 100 inner steps, 1 epoch,
+guidance 7.5, tau_v .5 / tau_c .6 / tau_s .6 / tau_u 0, no blend word, no reweighting, prompts without
+brackets). Two tracks: mask-free (default, as published) and mask-allowed (``--use_annotation_mask``: the
+case's annotation mask replaces LocalBlend's attention mask). Finished cases are skipped; inversions are kept
+in ``--inversion_dir``. A broken case fails alone and is listed at the end; exit 2 only when nothing could run.
+``accelerate launch pie_bench.py …`` splits the cases between processes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from sdtoolkit.cli import flags as cli
+from sdtoolkit.core import checks
+from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import InversionMethod, Taus, to_enum
+from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, method_dir, run_case
+from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, select_cases
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data_path", required=True, help="PIE-Bench folder (mapping_file.json, annotation_images/)")
+    p.add_argument("--output_path", required=True, help="outputs go to {output_path}/{method}+p2p/annotation_images/")
+    p.add_argument("--method", default=InversionMethod.STYLEDIFFUSION.value, choices=[m.value for m in InversionMethod],
+                   help="inversion method")
+    p.add_argument("--inversion_dir", default=None,
+                   help="where inversions are kept and reused (default {output_path}/inversions); point a second "
+                        "editing setting's run here to re-edit without re-inverting")
+    p.add_argument("--edit_category_list", nargs="+", default=None, help="editing type ids 0-9 (default: all)")
+    p.add_argument("--from_case", type=int, default=0, help="first case (position in mapping_file.json, 0-based)")
+    p.add_argument("--end_case", type=int, default=None, help="stop before this position (default: the last case)")
+    cli.add_model_flags(p, compile_flag=False)
+    p.add_argument("--num_ddim_steps", type=int, default=50)
+    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
+    p.add_argument("--num_epoch", type=int, default=1)
+    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--tau_v", type=float, default=0.5)
+    p.add_argument("--tau_c", type=float, default=0.6)
+    p.add_argument("--tau_s", type=float, default=0.6)
+    p.add_argument("--tau_u", type=float, default=0.0)
+    p.add_argument("--use_annotation_mask", action="store_true",
+                   help="mask-allowed track: the annotation mask replaces LocalBlend's attention mask")
+    p.add_argument("--blend_from_brackets", action="store_true", help="the [bracketed] words become the blend words")
+    p.add_argument("--replacement_rule", default=ReplacementRule.WORDS.value, choices=[r.value for r in ReplacementRule],
+                   help="Replacement when the prompts have the same number of words, or (char_length) of characters "
+                        "as the published runner; else Refinement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo finished cases")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> PieSettings:
+    """Checked settings from the parsed flags."""
+    method = to_enum(InversionMethod, args.method, "--method")
+    inner = method.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
+    checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
+    taus = [checks.check_fractions([getattr(args, f"tau_{n}")], f"--tau_{n}")[0] for n in "vcsu"]
+    return PieSettings(model=checks.model_id(args.model, args.sd_version), method=method,
+                       num_ddim_steps=args.num_ddim_steps, num_inner_steps=inner, num_epoch=args.num_epoch,
+                       guidance_scale=args.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
+                       blend_from_brackets=args.blend_from_brackets,
+                       replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
+                       seed=args.seed)
+
+
+def manifest(settings: PieSettings, args: argparse.Namespace, n_cases: int, processes: int) -> dict:
+    """The run manifest: model and weights fingerprint, library versions, seed and every setting."""
+    from sdtoolkit.core.models import model_fingerprint
+    from sdtoolkit.jobs.invert import versions
+
+    return {"settings": settings.edit_identity(), "model_fingerprint": model_fingerprint(settings.model),
+            "versions": versions(), "data_path": str(args.data_path), "inversion_dir": str(args.inversion_dir),
+            "edit_category_list": args.edit_category_list, "from_case": args.from_case, "end_case": args.end_case,
+            "cases_selected": n_cases, "processes": processes, "device": args.device, "dtype": args.dtype,
+            "command": sys.argv}
+
+
+def summary(results: list[CaseResult], tag: str, total: int, seconds: float) -> str:
+    counts = {k: sum(r.status == k for r in results) for k in ("done", "skipped", "failed")}
+    lines = [f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed of "
+             f"{total} cases in {seconds:.0f} s"]
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        width = max(len(r.key) for r in failed)
+        lines += [f"{tag}failed cases:"] + [f"  {r.key:>{width}}  {r.message}" for r in failed]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    types = None if args.edit_category_list is None else check_editing_types(args.edit_category_list)
+    bench = load_benchmark(args.data_path)
+    cases = select_cases(bench.cases, types, args.from_case, args.end_case)
+    unreadable = bench.failures  # cases that could not be read: failed, named, counted
+    args.inversion_dir = Path(args.inversion_dir or Path(args.output_path) / "inversions")
+    if not cases and not unreadable:
+        raise UsageError(f"--data_path {args.data_path}: no case matches --edit_category_list {args.edit_category_list} "
+                         f"and the range [{args.from_case}, {args.end_case})")
+
+    from accelerate import PartialState
+
+    from sdtoolkit.core.io import write_json
+    from sdtoolkit.core.models import load_models
+
+    state = PartialState(cpu=args.device == "cpu")
+    mine = cases[state.process_index :: state.num_processes]
+    tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
+    results = [CaseResult(f.key, "failed", f.message) for f in unreadable] if state.is_main_process else []
+    start = time.perf_counter()
+    if mine:
+        device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
+        models = load_models(settings.model, device, args.dtype, args.image_encoder)
+        if state.is_main_process:
+            write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
+                       manifest(settings, args, len(cases), state.num_processes))
+        bar = tqdm(mine, desc=f"{tag}{settings.method}+p2p ({settings.track})", unit="case", position=state.process_index)
+        for case in bar:
+            try:
+                results.append(run_case(models, case, settings, Path(args.data_path), Path(args.output_path),
+                                        args.inversion_dir, args.overwrite))
+            except (UsageError, CaseError) as err:  # bad input of this case: named, counted, the run goes on
+                results.append(CaseResult(case.key, "failed", str(err).splitlines()[0]))
+            except Exception as err:  # a broken case fails alone
+                results.append(CaseResult(case.key, "failed", f"{type(err).__name__}: {err}".splitlines()[0]))
+    print(summary(results, tag, len(mine) + (len(unreadable) if state.is_main_process else 0),
+                  time.perf_counter() - start), flush=True)
+    if results and all(r.status == "failed" for r in results):
+        return 2
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def console() -> int:
+    """Console-script entry point: :func:`main` with the CLI error convention (exit 2, one line)."""
+    return cli.run_main(main)
+
+
+if __name__ == "__main__":
+    sys.exit(console())
