@@ -3,7 +3,7 @@
     python -m toyworld.pie_bench --out toy_pie --n 20
 
 For ``--n`` held-out scenes (seeds ``HELDOUT_SEED_START + seed·10_000 + k``, the scenes and edits of
-``eval_metrics/toy_bench.py``) and each edit kind of :func:`toyworld.scenes.edit_scene`, one PIE-Bench case:
+the former toy benchmark's) and each edit kind of :func:`toyworld.scenes.edit_scene`, one PIE-Bench case:
 
 ==========  ===============  =================================================  ==================
 edit kind   editing_type_id  PIE-Bench's name                                   blended_word
