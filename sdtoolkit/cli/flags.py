@@ -4,11 +4,24 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from sdtoolkit.core.checks import check_fractions
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the toolkit's error convention: a bad flag prints ONE line, ``prog: error: …``, and exits 2
+    (argparse's default prints the whole usage block first). ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parser(description: str | None, **kwargs) -> ArgumentParser:
+    """The CLIs' parser: :class:`ArgumentParser` with ArgumentDefaultsHelpFormatter."""
+    return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
 
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off", ""}

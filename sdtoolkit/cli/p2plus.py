@@ -20,7 +20,7 @@ from sdtoolkit.core.settings import EditConfig, EditType, Taus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--prompt", required=True, help="source prompt")
     p.add_argument("--target", required=True, help="target prompt")
     p.add_argument("--seed", default="[0,]", help="seeds, e.g. [0,1,2] or 0,1")

@@ -14,7 +14,7 @@ from sdtoolkit.core.settings import AttnPairing, EditConfig, EditType, Inversion
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     g = p.add_argument_group("what to do")
     g.add_argument("--is_train", type=cli.str2bool, default=True, help="True: invert/train; '' or False: edit")
     g.add_argument("--inversion", choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value,

@@ -26,7 +26,7 @@ EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--is_train", type=cli.str2bool, default=True, help="True: train every row; '' or False: edit")
     p.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word CSV (prompt 'dog', target 'tiger')")
     p.add_argument("--inversion", choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value)

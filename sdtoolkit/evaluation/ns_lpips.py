@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from sdtoolkit.cli import flags as cli
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write, case_filename
@@ -168,7 +169,7 @@ def build_lpips(net: str, random_weights: bool, device: torch.device) -> torch.n
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="ns_lpips",
         description=(
             "NS-LPIPS (lower is better): LPIPS between input and edited image on the non-selected "
@@ -206,9 +207,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offline_random_weights", action="store_true",
                         help="FOR TESTS ONLY: random backbone weights (fixed seed) instead of the ImageNet "
                              "weights torchvision downloads; the scores are not NS-LPIPS")
+    parser.add_argument("--model", choices=("tiny",), default=None,
+                        help="'tiny': random LPIPS backbone weights, offline (as --model tiny elsewhere: smoke runs, "
+                             "the scores are noise); same as --offline_random_weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device for LPIPS")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.offline_random_weights = args.offline_random_weights or args.model == "tiny"
+    return args
 
 
 def _device(name: str) -> torch.device:

@@ -50,7 +50,7 @@ def to_png(mask: torch.Tensor) -> Image.Image:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--prompts_path", default=str(REPO_ROOT / "data" / "stylediffusion_editing.csv"),
                    help="editing CSV (case_number, prompt, blend_word)")
     p.add_argument("--input_path", default=str(REPO_ROOT / "results" / "input"), help="folder of '{case} {prompt}.png'")
