@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sdtoolkit.cli import p2plus, stylediffusion, stylediffusion_csv
-from sdtoolkit.evaluation import ns_lpips, storemask
+from sdtoolkit.cli import p2plus, pie_bench, stylediffusion, stylediffusion_csv
+from sdtoolkit.evaluation import ns_lpips, pie_metrics, storemask
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -23,6 +23,8 @@ PARSE = {
     "p2plus.py": lambda argv: p2plus.build_parser().parse_args(argv),
     "eval_metrics/storemask.py": lambda argv: storemask.build_parser().parse_args(argv),
     "eval_metrics/ns_lpips.py": ns_lpips.parse_args,
+    "pie_bench.py": lambda argv: pie_bench.build_parser().parse_args(argv),
+    "eval_metrics/pie_metrics.py": pie_metrics.parse_args,
 }
 
 
@@ -56,12 +58,15 @@ def test_ns_lpips_model_tiny_uses_random_weights_offline():
     assert not ns_lpips.parse_args([]).offline_random_weights
 
 
-BAD_INT = {"stylediffusion.py": "--num_ddim_steps", "p2plus.py": "--num_ddim_steps"}  # others: --from_case
-REQUIRED = {"stylediffusion.py": ["--prompt", "a cat", "--image_path", "x.png"], "p2plus.py": ["--prompt", "a", "--target", "b"]}
+BAD_INT = {"stylediffusion.py": "--num_ddim_steps", "p2plus.py": "--num_ddim_steps",
+           "eval_metrics/pie_metrics.py": None}  # others: --from_case; None: no int flag
+REQUIRED = {"stylediffusion.py": ["--prompt", "a cat", "--image_path", "x.png"], "p2plus.py": ["--prompt", "a", "--target", "b"],
+            "pie_bench.py": ["--data_path", "d", "--output_path", "o"],
+            "eval_metrics/pie_metrics.py": ["--data_path", "d", "--output_path", "o"]}
 
 
-@pytest.mark.parametrize("script", list(PARSE))
-@pytest.mark.parametrize("kind", ["unknown flag", "bad int"])
+@pytest.mark.parametrize("script, kind", [(s, k) for s in PARSE for k in ("unknown flag", "bad int")
+                                          if k == "unknown flag" or BAD_INT.get(s, "") is not None])
 def test_argparse_errors_are_one_line_with_exit_status_2(script, kind, capsys):
     bad = ["--no_such_flag", "1"] if kind == "unknown flag" else [BAD_INT.get(script, "--from_case"), "x"]
     capsys.readouterr()

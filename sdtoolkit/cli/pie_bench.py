@@ -28,7 +28,7 @@ from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchma
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--data_path", required=True, help="PIE-Bench folder (mapping_file.json, annotation_images/)")
     p.add_argument("--output_path", required=True, help="outputs go to {output_path}/{method}+p2p/annotation_images/")
     p.add_argument("--method", default=InversionMethod.STYLEDIFFUSION.value, choices=[m.value for m in InversionMethod],

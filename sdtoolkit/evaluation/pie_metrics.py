@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NoReturn, Sequence
+from typing import Iterator, Sequence
 
 import lpips
 import numpy as np
@@ -46,6 +46,7 @@ from torchmetrics.multimodal import CLIPScore
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, ViTConfig, ViTModel
 
+from sdtoolkit.cli import flags as cli
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.jobs.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_editing_types, load_benchmark,
                                            select_cases)
@@ -416,18 +417,9 @@ def format_summary(summary: pd.DataFrame, method: str) -> str:
     return shown.to_string(index=False)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line and exit 2."""
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = _Parser(
+    parser = cli.ArgumentParser(
         prog="pie_metrics",
         description="PIE-Bench's metrics (structure distance, background PSNR / LPIPS / MSE / SSIM, CLIP "
                     "similarity) of the outputs of one or more methods, as the benchmark's evaluator defines them.",
