@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_ddim_steps", type=int, default=30)
     g.add_argument("--guidance_scale", type=float, default=7.5)
     g.add_argument("--num_inner_steps", type=int, default=None,
-                   help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext)")
+                   help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and textinv)")
     g.add_argument("--num_epoch", type=int, default=1)
     g.add_argument("--w_attnloss", type=cli.str2bool, default=True, help="add the cross-attention loss")
     g.add_argument("--attn_pairing", choices=[m.value for m in AttnPairing], default=AttnPairing.SAME.value,

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_model_flags(p)
     p.add_argument("--num_ddim_steps", type=int, default=30)
     p.add_argument("--guidance_scale", type=float, default=7.5)
-    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
+    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext, textinv)")
     p.add_argument("--num_epoch", type=int, default=1)
     p.add_argument("--w_attnloss", type=cli.str2bool, default=True)
     p.add_argument("--seed", type=int, default=0)

@@ -21,6 +21,7 @@ class InversionMethod(enum.StrEnum):
     NULLTEXT = "nulltext"
     NPI = "npi"
     DDIM = "ddim"
+    TEXTINV = "textinv"
 
     @property
     def tag(self) -> str:
@@ -29,8 +30,9 @@ class InversionMethod(enum.StrEnum):
 
     @property
     def default_inner_steps(self) -> int:
-        """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10)."""
-        return 10 if self is InversionMethod.NULLTEXT else 100
+        """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10; text-embedding
+        inversion: the reference's 10)."""
+        return 10 if self in (InversionMethod.NULLTEXT, InversionMethod.TEXTINV) else 100
 
 
 class EditType(enum.StrEnum):

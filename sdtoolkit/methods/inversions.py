@@ -1,8 +1,8 @@
-"""Inversion methods behind one interface and a registry: StyleDiffusion, null-text, negative-prompt, plain DDIM.
+"""Inversion methods behind one interface and a registry: StyleDiffusion, null-text, text-embedding, negative-prompt, DDIM.
 
 Every method starts from the same DDIM inversion (:func:`ddim_inversion`) and yields an :class:`Inversion`:
-the noise latent z_T plus what the sampler needs at step i — the unconditional embedding and the value-path
-input of the conditional branch. Sampling and editing are shared (``sdtoolkit.methods.sampler.sample``), so
+the noise latent z_T plus what the sampler needs at step i — the unconditional embedding, the conditional
+text embeddings and the value-path input of the conditional branch. Sampling and editing are shared (``sdtoolkit.methods.sampler.sample``), so
 P2Plus editing works after any of them. A new method is one :class:`Inversion` subclass decorated with
 :func:`register` (and its name in ``sdtoolkit.core.settings.InversionMethod``).
 """
@@ -20,7 +20,7 @@ from sdtoolkit.core.mapping import MappingNetworks, mapping_from_tensors
 from sdtoolkit.core.models import SDModels
 from sdtoolkit.core.settings import InversionMethod, TrainSettings
 from sdtoolkit.methods.sampler import check_finite
-from sdtoolkit.methods.training import InversionTrace, TrainLog, train_mapping, train_null_embeddings
+from sdtoolkit.methods.training import InversionTrace, TrainLog, train_embeddings, train_mapping
 
 REGISTRY: dict[InversionMethod, type[Inversion]] = {}
 
@@ -94,6 +94,10 @@ class Inversion(ABC):
         """Unconditional embedding (B, L, D) at sampling step i."""
         return self.null.expand(batch, -1, -1)
 
+    def cond_texts(self, i: int, texts: torch.Tensor) -> torch.Tensor:
+        """Conditional text embeddings (B, L, D) at sampling step i; ``texts[0]`` is the source prompt's."""
+        return texts
+
     def value_states(self, i: int, texts: torch.Tensor, mapped: list[bool]) -> torch.Tensor | None:
         """Input of to_v in cross-attention (B, L, D) for the conditional branch, or None for the text."""
         return None
@@ -152,7 +156,7 @@ class NullTextInversion(Inversion):
 
     @classmethod
     def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
-        per_step, log = train_null_embeddings(models, trace, text, null, schedule, settings, progress)
+        per_step, log = train_embeddings(models, trace, text, null, schedule, settings, Branch.UNCOND, progress)
         return cls(trace.latents[schedule.num_steps], null, per_step), log
 
     @classmethod
@@ -164,6 +168,33 @@ class NullTextInversion(Inversion):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"z_T": self.z_T, "null_text": self.per_step}
+
+
+@register
+class TextEmbeddingInversion(Inversion):
+    """Text-embedding inversion (the reference's baseline beside null-text, docs/method.md §5): one optimised
+    source-prompt embedding per step, keys and values of the conditional branch; the target keeps its own."""
+
+    name = InversionMethod.TEXTINV
+
+    def __init__(self, z_T: torch.Tensor, null: torch.Tensor, per_step: torch.Tensor) -> None:
+        super().__init__(z_T, null)
+        self.per_step = per_step  # (T, 1, L, D)
+
+    @classmethod
+    def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
+        per_step, log = train_embeddings(models, trace, text, null, schedule, settings, Branch.COND, progress)
+        return cls(trace.latents[schedule.num_steps], null, per_step), log
+
+    @classmethod
+    def from_tensors(cls, tensors, null, source_text, num_steps):
+        return cls(tensors["z_T"].to(null.device), null, tensors["cond_text"].to(null.device, null.dtype))
+
+    def cond_texts(self, i: int, texts: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.per_step[i].to(texts.dtype), texts[1:]])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"z_T": self.z_T, "cond_text": self.per_step}
 
 
 @register

@@ -40,7 +40,7 @@ def sample(
     """Sample from z_T for a batch of prompts (B, L, D) with classifier-free guidance; returns z_0 (B, 4, h, w).
 
     ``inversion`` is a :class:`sdtoolkit.methods.inversions.Inversion` (z_T, per-step uncond embedding,
-    value-path input). The unconditional and conditional passes are separate UNet calls, so controllers see
+    conditional text, value-path input); ``texts[0]`` is the source prompt. The unconditional and conditional passes are separate UNet calls, so controllers see
     which branch runs. ``mapped(i)`` says per batch element whether the value path reads the learned input
     (default: all). The controller may blend latents after each step through ``step_callback(z, i)``.
     ``explicit`` materialises attention probabilities in every layer (the reference's cost, used by
@@ -56,7 +56,7 @@ def sample(
             eps_u = models.eps(z, t, inversion.uncond(i, batch), uncond_call)
             value = inversion.value_states(i, texts, use)
             cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
-            eps_c = models.eps(z, t, texts, cond_call)
+            eps_c = models.eps(z, t, inversion.cond_texts(i, texts), cond_call)
             z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
             if controller is not None:
                 z = controller.step_callback(z, i)

@@ -1,6 +1,6 @@
-"""Per-step optimisation shared by StyleDiffusion (mapping networks M_t) and null-text inversion (uncond embeddings).
+"""Per-step optimisation shared by StyleDiffusion (mapping networks M_t) and null-text / text-embedding inversion.
 
-Both walk the DDIM inversion trace from z_T: at step i they optimise their step-i parameters with Adam
+All walk the DDIM inversion trace from z_T: at step i they optimise their step-i parameters with Adam
 until one guided DDIM step from the current latent reaches the inversion latent of the next step
 (:func:`optimise_step`, docs/method.md §3), then advance the current latent with the trained parameters.
 """
@@ -143,44 +143,56 @@ def train_mapping(
     return mapping, log
 
 
-def train_null_embeddings(
+def train_embeddings(
     models: SDModels,
     trace: InversionTrace,
     text: torch.Tensor,
     null: torch.Tensor,
     schedule: DDIMSchedule,
     settings: TrainSettings,
+    branch: Branch,
     progress: bool = True,
 ) -> tuple[torch.Tensor, TrainLog]:
-    """Null-text inversion (docs/method.md §5): per step, Adam (lr 0.01·(1 − i/100)) on the unconditional embedding
-    for up to ``num_inner_steps`` iterations, early stop at 1e-5 + i·2e-5; the conditional prediction once per
-    step. Returns the per-step embeddings (T, 1, L, D)."""
+    """One optimised embedding per step for ``branch`` (docs/method.md §5): null-text inversion (UNCOND: the
+    unconditional embedding, starting from ``null``) or text-embedding inversion (COND: the source prompt's
+    embedding, starting from ``text``). Per step, Adam (lr 0.01·(1 − i/100)) for up to ``num_inner_steps``
+    iterations, early stop at 1e-5 + i·2e-5; the other branch's prediction once per step; each step starts from
+    the previous step's result. Returns the per-step embeddings (T, 1, L, D)."""
     num = schedule.num_steps
-    uncond = null.detach().float().clone()
+    other = Branch.COND if branch is Branch.UNCOND else Branch.UNCOND
+    fixed, learned = (text, null) if branch is Branch.UNCOND else (null, text)
+    learned = learned.detach().float().clone()
     per_step = []
     log = TrainLog()
-    bar = tqdm(total=num * settings.num_inner_steps, desc="null-text inversion", disable=not progress)
+    what = "null-text" if branch is Branch.UNCOND else "text-embedding"
+    bar = tqdm(total=num * settings.num_inner_steps, desc=f"{what} inversion", disable=not progress)
+
+    def guided(eps_learned: torch.Tensor, eps_fixed: torch.Tensor) -> torch.Tensor:
+        if branch is Branch.UNCOND:
+            return guided_eps(eps_learned, eps_fixed, settings.guidance_scale)
+        return guided_eps(eps_fixed, eps_learned, settings.guidance_scale)
+
     with style_processors(models.unet):
         z = trace.latents[num]
         for i in range(num):
             t = schedule.timesteps[i]
             target = trace.latents[num - i - 1]
-            uncond = uncond.detach().requires_grad_(True)
-            optimizer = torch.optim.Adam([uncond], lr=learning_rate(i))
+            learned = learned.detach().requires_grad_(True)
+            optimizer = torch.optim.Adam([learned], lr=learning_rate(i))
             with torch.no_grad():
-                eps_c = models.eps(z, t, text, AttnCall(i, Branch.COND))
+                eps_fixed = models.eps(z, t, fixed, AttnCall(i, other))
 
             def step_loss() -> torch.Tensor:
-                eps_u = models.eps(z, t, uncond, AttnCall(i, Branch.UNCOND))
-                return F.mse_loss(sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale)), target)
+                eps = models.eps(z, t, learned, AttnCall(i, branch))
+                return F.mse_loss(sample_step(schedule, i, z, guided(eps, eps_fixed)), target)
 
             log.iterations.append(optimise_step(step_loss, optimizer, i, settings.num_inner_steps, settings.early_stop,
-                                                bar, num, "the null-text loss"))
-            uncond = uncond.detach()
-            per_step.append(uncond.clone())
+                                                bar, num, f"the {what} loss"))
+            learned = learned.detach()
+            per_step.append(learned.clone())
             with torch.no_grad():
-                eps_u = models.eps(z, t, uncond, AttnCall(i, Branch.UNCOND))
-                z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
+                eps = models.eps(z, t, learned, AttnCall(i, branch))
+                z = sample_step(schedule, i, z, guided(eps, eps_fixed))
             check_finite(z, "the current latent", i)
     bar.close()
     return torch.stack(per_step), log
