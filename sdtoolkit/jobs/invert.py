@@ -18,6 +18,7 @@ from sdtoolkit.core.models import SDModels, model_fingerprint
 from sdtoolkit.core.settings import InvertConfig
 from sdtoolkit.methods.inversions import DDIMInversion, Inversion, ddim_inversion, method_class
 from sdtoolkit.methods.sampler import latent_mse, sample
+from sdtoolkit.methods.training import TrainLog
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
@@ -92,10 +93,17 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     text = models.encode_text([cfg.prompt]).float()
     null = models.encode_text([""]).float()
     trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress)
-    z_T = trace.latents[-1]
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
-    elapsed = time.perf_counter() - start
-    plain = sample(models, schedule, DDIMInversion(z_T, null), text, guidance_scale=cfg.guidance_scale)
+    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start)
+
+
+def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
+                   elapsed: float, extra: dict | None = None) -> InvertResult:
+    """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
+    ``cfg.path()``: safetensors + a sidecar with its identity, versions, timing and ``extra``."""
+    schedule = models.schedule(cfg.num_ddim_steps)
+    text = models.encode_text([cfg.prompt]).float()
+    plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale)
     learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
     sidecar = {
         **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
@@ -109,6 +117,7 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
         "iterations_per_step": log.iterations if log else [],
         "reconstruction": {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
                            "trained_latent_mse": latent_mse(learned, source.z0)},
+        **(extra or {}),
     }
     path = save_learned(cfg.path(), inv.tensors(), sidecar)
     return InvertResult(path, True, sidecar)

@@ -1,0 +1,8 @@
+"""Entry point: convert a reference-trained .pth; the CLI lives in :mod:`sdtoolkit.cli.convert_reference`."""
+import sys
+
+from sdtoolkit.cli.convert_reference import main
+from sdtoolkit.cli.flags import run_main
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
