@@ -10,6 +10,7 @@ import sys
 
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
+from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.settings import AttnPairing, EditConfig, EditType, InversionMethod, InvertConfig
 
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "words' attention mask by LocalBlend")
     g.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[m.value for m in EditType])
     g.add_argument("--outdir", default="stylediffusion-results/Others")
+    g.add_argument("--baselines", action="store_true",
+                   help="add a grid row: DDIM inversion, DDIM with word swap, DDIM + P2P, null-text + P2P "
+                        "(null-text is trained first when not saved)")
     return p
 
 
@@ -59,6 +63,9 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
     edit_type = EditType(args.edit_type)
     if not args.is_train:
         checks.check_target_given(args.target, edit_type)
+    if args.baselines and (args.is_train or edit_type is EditType.STORE_ATTN):
+        raise UsageError("--baselines adds a row to edit grids: use it with --is_train '' and --edit_type "
+                         "Replacement or Refinement")
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
     inv = InvertConfig(
@@ -72,6 +79,7 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         tau_c=cli.fraction_list(args.tau_c, "--tau_c"), tau_s=cli.fraction_list(args.tau_s, "--tau_s"),
         tau_u=cli.fraction_list(args.tau_u, "--tau_u"), blend_word=cli.blend_words(args.blend_word),
         eq_params=cli.eq_params(args.eq_params), outdir=args.outdir, blend_mask=args.blend_mask,
+        baselines=args.baselines,
     )
     if args.blend_mask is not None:
         checks.check_image(args.blend_mask)

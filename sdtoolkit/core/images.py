@@ -89,10 +89,12 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray((x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
 
 
-def image_grid(images: list[Image.Image], gap: int = 0) -> Image.Image:
-    """Images side by side in one row."""
+def image_grid(images: list[Image.Image], gap: int = 0, columns: int | None = None) -> Image.Image:
+    """Images in rows of ``columns`` (default: one row), each resized to the first one's size."""
     w, h = images[0].size
-    grid = Image.new("RGB", (len(images) * w + gap * (len(images) - 1), h), (255, 255, 255))
+    cols = columns or len(images)
+    rows = -(-len(images) // cols)
+    grid = Image.new("RGB", (cols * w + gap * (cols - 1), rows * h + gap * (rows - 1)), (255, 255, 255))
     for i, im in enumerate(images):
-        grid.paste(im.resize((w, h)), (i * (w + gap), 0))
+        grid.paste(im.resize((w, h)), ((i % cols) * (w + gap), (i // cols) * (h + gap)))
     return grid

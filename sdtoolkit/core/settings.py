@@ -179,6 +179,7 @@ class EditConfig:
     eq_params: tuple[tuple[str, ...], tuple[float, ...]] | None = None
     outdir: str = "stylediffusion-results/Others"
     blend_mask: str | None = None  # mask image (white = may change); replaces the blend words' attention mask
+    baselines: bool = False  # a second grid row with the reference's comparison images (docs/method.md §5)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "--edit_type"))

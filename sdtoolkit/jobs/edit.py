@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -15,9 +15,9 @@ from sdtoolkit.core.images import image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.io import save_image, write_json
 from sdtoolkit.core.mapping import sidecar_path
 from sdtoolkit.core.models import SDModels
-from sdtoolkit.core.settings import EditConfig, EditType, InvertConfig, Taus
-from sdtoolkit.jobs.invert import load_inversion, load_source, versions
-from sdtoolkit.methods.inversions import Inversion
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Taus
+from sdtoolkit.jobs.invert import SourceImage, existing_result, invert, load_inversion, load_source, versions
+from sdtoolkit.methods.inversions import DDIMInversion, Inversion
 from sdtoolkit.methods.sampler import sample
 
 
@@ -69,6 +69,37 @@ def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig
     return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, i < n_v], guidance_scale, controller)
 
 
+BASELINE_COLUMNS = ("DDIM inversion, source prompt", "DDIM with word swap (target prompt, no P2P)",
+                    "DDIM inversion + P2P", "null-text + P2P")
+
+
+def nulltext_for_baselines(models: SDModels, cfg: InvertConfig, source: SourceImage, src_text: torch.Tensor,
+                           null: torch.Tensor, progress: bool = True) -> tuple[Inversion, dict]:
+    """The null-text inversion of this image (its default 10 inner steps, the same T), loaded when saved, else
+    trained and saved now. Returns it and a note for the sidecar (file, trained now or loaded)."""
+    method = InversionMethod.NULLTEXT
+    nt_cfg = cfg if cfg.inversion is method else replace(cfg, inversion=method, num_inner_steps=method.default_inner_steps)
+    trained = False
+    if not existing_result(nt_cfg, source.sha256, overwrite=False):
+        invert(models, nt_cfg, progress=progress)
+        trained = True
+        print(f"--baselines: trained null-text inversion {nt_cfg.path()}")
+    inv, _ = load_inversion(models, nt_cfg, source, src_text, null)
+    return inv, {"nulltext_file": str(nt_cfg.path()), "nulltext_trained_now": trained}
+
+
+def baseline_row(models: SDModels, cfg: InvertConfig, edit: EditConfig, taus: Taus, texts: torch.Tensor,
+                 ddim: Inversion, nulltext: Inversion, swap: torch.Tensor, blend_mask: torch.Tensor | None) -> list:
+    """The comparison images of :data:`BASELINE_COLUMNS` for one tau combination (``swap``: the decoded DDIM
+    samples of [source, target] without a controller, shared by every combination; the same blending as the edit)."""
+    ddim_p2p = edit_latents(models, ddim, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
+                            blend_mask=blend_mask)
+    nt_p2p = edit_latents(models, nulltext, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
+                          blend_mask=blend_mask)
+    edited = models.decode_latent(torch.cat([ddim_p2p[1:], nt_p2p[1:]]))
+    return [tensor_to_pil(swap[0]), tensor_to_pil(swap[1]), tensor_to_pil(edited[0]), tensor_to_pil(edited[1])]
+
+
 def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bool = True) -> list[Path]:
     """Edit one trained image for every tau combination; write edited images, grids and sidecars."""
     validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)
@@ -92,14 +123,23 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
         return written
     texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
     mask = load_mask(edit.blend_mask, models.image_size, *cfg.crop) if edit.blend_mask else None
+    if edit.baselines:
+        ddim = DDIMInversion(inv.z_T, null)  # every method starts from the same DDIM inversion z_T
+        nulltext, note = nulltext_for_baselines(models, cfg, source, src_text, null, progress)
+        swap = models.decode_latent(sample(models, models.schedule(cfg.num_ddim_steps), ddim, texts,
+                                           guidance_scale=cfg.guidance_scale))
+        base["baselines"] = {"second_row": list(BASELINE_COLUMNS), **note}
     for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not progress):
         start = time.perf_counter()
         z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
                          blend_mask=mask)
         images = models.decode_latent(z)
         rec, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
+        row = [source.pil, vae_rec, rec, edited]
+        if edit.baselines:
+            row += baseline_row(models, cfg, edit, taus, texts, ddim, nulltext, swap, mask)
         written.append(save_image(folder / f"edited_img-{taus.stem()}.png", edited))
-        written.append(save_image(folder / f"grid_img-{taus.stem()}.png", image_grid([source.pil, vae_rec, rec, edited])))
+        written.append(save_image(folder / f"grid_img-{taus.stem()}.png", image_grid(row, columns=4)))
         write_json(folder / f"edited_img-{taus.stem()}.json", {
             **base, "tau": taus.as_dict(),
             "seconds": round(time.perf_counter() - start, 3), "files": [str(p) for p in written[-2:]],
