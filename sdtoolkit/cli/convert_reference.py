@@ -16,7 +16,7 @@ from sdtoolkit.core.settings import InvertConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("pth", help="the reference's model-inner…-learnv-[N].pth")
     p.add_argument("--prompt", required=True, help="the source prompt the networks were trained for")
     p.add_argument("--image_path", required=True, help="the image they were trained on")
