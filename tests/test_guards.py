@@ -22,7 +22,7 @@ from sdtoolkit.core.images import load_image
 from sdtoolkit.core.models import load_models
 from sdtoolkit.core.settings import AttnPairing, EditConfig, InvertConfig
 from sdtoolkit.jobs.edit import run_edit
-from sdtoolkit.jobs.invert import existing_result, invert, load_inversion, load_source
+from sdtoolkit.jobs.invert import invert, load_inversion, load_source
 from sdtoolkit.methods.inversions import DDIMInversion, ddim_inversion
 from sdtoolkit.methods.sampler import NonFiniteError, sample
 
@@ -64,7 +64,6 @@ def test_attn_pairing_reference_flag_reaches_training_identity_and_command(tmp_p
     cfg, _ = stylediffusion.configs(args)
     assert cfg.attn_pairing is AttnPairing.REFERENCE
     assert cfg.train_settings().attn_pairing is AttnPairing.REFERENCE
-    assert cfg.identity("x", "y")["attn_pairing"] == AttnPairing.REFERENCE
     assert "--attn_pairing reference" in cfg.train_command()
     assert stylediffusion.configs(stylediffusion.build_parser().parse_args(
         ["--prompt", "a cat", "--image_path", CAT, "--model", "tiny"]))[0].attn_pairing is AttnPairing.SAME
@@ -102,7 +101,7 @@ def test_crop_flag_reaches_the_source_image_and_the_saved_identity(tiny, tmp_pat
     assert (np.asarray(source.pil) == (255, 0, 0)).all()
     invert(tiny, cfg, progress=False)
     with pytest.raises(UsageError, match="crop: saved \\[0, 80, 0, 0\\] vs now \\[0, 0, 0, 0\\]"):
-        existing_result(replace(cfg, crop=(0, 0, 0, 0)), source.sha256, overwrite=False)
+        invert(tiny, replace(cfg, crop=(0, 0, 0, 0)), progress=False)  # same file name, other crop: refused
 
 
 # ---------------------------------------------------------------------------------------------------- bf16
@@ -257,7 +256,7 @@ def _nan_after(models, step: int):
         out = 0.1 * z
         return out * float("nan") if call.step == step else out
 
-    m.eps = eps
+    m.eps = m.predict = eps
     return m
 
 

@@ -55,7 +55,7 @@ def stubbed(models, recorder: Recorder):
         recorder.values.append(None if call.value_states is None else call.value_states.detach().clone())
         return stub_eps(z, t, text)
 
-    m.eps = eps
+    m.eps = m.predict = eps  # the noise prediction under both of its names (eps, predict)
     return m
 
 
@@ -154,14 +154,14 @@ def small_trace(tiny, texts):
 
 def _recording(models, rec: Recorder):
     m = copy.copy(models)
-    real = models.eps
+    real = getattr(models, "predict", None) or models.eps
 
     def eps(z, t, text, call):
         rec.calls.append((call.step, int(t), call.branch))
         rec.values.append(None if call.value_states is None else call.value_states.detach().clone())
         return real(z, t, text, call)
 
-    m.eps = eps
+    m.eps = m.predict = eps
     return m
 
 
@@ -352,3 +352,17 @@ def test_tau_c_per_word_dict_as_in_prompt_to_prompt(tiny):
         others_from_source = step < 18
         assert torch.equal(out[1][..., 2], (probs[0] if tiger_from_source else probs[1])[..., 2]), step
         assert torch.equal(out[1][..., others], (probs[0] if others_from_source else probs[1])[..., others]), step
+
+
+def test_replacement_reads_source_token_w_into_target_token_n_through_the_mapper(tiny):
+    """Replacement (prompt-to-prompt AttentionReplace): target[..., n] = Σ_w source[..., w] · mapper[w, n]; with a
+    multi-token target word ("tortoiseshell" = 4 tokens) the mapper is not symmetric, so its orientation matters."""
+    source, target = "a cat on a mat", "a tortoiseshell on a mat"
+    ctrl = P2PController([source, target], tiny.tokenizer, T, tiny.layers(), tiny.latent_size, tau_c=0.6)
+    layer = next(l for l in tiny.layers() if l.is_cross)
+    probs = _probs((2, 2, layer.resolution**2, 77), 10)
+    out = ctrl.on_probs(probs, layer, AttnCall(0, Branch.COND))
+    for n in (2, 3, 4, 5):  # each "tortoiseshell" token reads a quarter of "cat"'s map
+        torch.testing.assert_close(out[1][..., n], 0.25 * probs[0][..., 2], rtol=1e-6, atol=1e-7)
+    for n, w in ((6, 3), (7, 4), (8, 5), (9, 6), (1, 1), (0, 0)):
+        torch.testing.assert_close(out[1][..., n], probs[0][..., w], rtol=1e-6, atol=1e-7)

@@ -1,0 +1,217 @@
+"""Mutation check: plant small editing bugs one at a time in a temporary copy of the repository and run the tests
+aimed at each; print which test caught it, exit 1 if a bug survives or a patch no longer applies.
+
+Each mutant is an exact textual patch (``old`` must occur exactly once in its file, else the script FAILS: a
+patch that stopped applying after a refactor is reported instead of silently testing nothing). The copy holds the
+tracked files (``git ls-files``); tests run with ``PYTHONPATH`` set to the copy, one torch thread, offline.
+Maintained mutation tools (mutmut, cosmic-ray) generate thousands of operator mutants and rerun whole suites;
+this check wants a few named, plausible method bugs (wrong timestep, union vs intersection, off-by-one windows)
+with the tests aimed at each, in minutes on a CPU.
+
+    python scripts/mutation_check.py            # all mutants
+    python scripts/mutation_check.py --only tau_u   # those whose name contains "tau_u"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PINNED = "tests/test_pinned.py"
+GUARDS = "tests/test_guards.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug: replace ``old`` (exactly once) by ``new`` in ``path``; ``tests`` are pytest arguments."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # the seven of issue 15
+    Mutant("inversion_step moves from alpha_t[i-1]", "sdtoolkit/core/ddim.py",
+           "return ddim_transfer(z, eps, schedule.alpha_prev[i], schedule.alpha_t[i])",
+           "return ddim_transfer(z, eps, schedule.alpha_t[i - 1], schedule.alpha_t[i])",
+           ("tests/test_ddim.py", PINNED)),
+    Mutant("DDIM inversion predicts eps at timesteps[i+1]", "sdtoolkit/methods/inversions.py",
+           "eps = models.eps(z, schedule.timesteps[i], text,",
+           "eps = models.eps(z, schedule.timesteps[min(i + 1, num - 1)], text,",
+           (PINNED,)),
+    Mutant("LocalBlend: intersection of the word masks", "sdtoolkit/control/controllers.py",
+           "return masks.any(dim=0, keepdim=True).float()", "return masks.all(dim=0, keepdim=True).float()",
+           (PINNED,)),
+    Mutant("LocalBlend: 3x3 max-pool removed", "sdtoolkit/control/controllers.py",
+           "maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)", "maps = maps",
+           (PINNED,)),
+    Mutant("tau_u compared with <=", "sdtoolkit/control/controllers.py",
+           "return call.step < self.n_u and self._self_layer(layer)",
+           "return call.step <= self.n_u and self._self_layer(layer)",
+           (PINNED,)),
+    Mutant("tau_u injected in the last tau_u*T steps", "sdtoolkit/control/controllers.py",
+           "return call.step < self.n_u and self._self_layer(layer)",
+           "return call.step >= self.cross_alpha.shape[0] - 1 - self.n_u and self._self_layer(layer)",
+           (PINNED,)),
+    Mutant("equalizer (--eq_params) ignored", "sdtoolkit/jobs/edit.py",
+           "tau_u=taus.u, equalizer=equalizer,", "tau_u=taus.u, equalizer=None,",
+           (PINNED,)),
+    # more of our own
+    Mutant("guidance sign flipped", "sdtoolkit/core/ddim.py",
+           "return eps_uncond + guidance_scale * (eps_cond - eps_uncond)",
+           "return eps_cond + guidance_scale * (eps_uncond - eps_cond)",
+           (PINNED,)),
+    Mutant("LocalBlend threshold 0.5", "sdtoolkit/control/controllers.py",
+           "threshold: float = 0.3", "threshold: float = 0.5",
+           (PINNED,)),
+    Mutant("LocalBlend starts one step late", "sdtoolkit/control/controllers.py",
+           "if step < self.start_step:", "if step <= self.start_step:",
+           (PINNED,)),
+    Mutant("tau_s off by one (<=)", "sdtoolkit/control/controllers.py",
+           "return call.step < self.n_s and self._self_layer(layer)",
+           "return call.step <= self.n_s and self._self_layer(layer)",
+           (PINNED,)),
+    Mutant("Replacement mapper transposed", "sdtoolkit/control/controllers.py",
+           'torch.einsum("hpw,bwn->bhpn", base,', 'torch.einsum("hpw,bnw->bhpn", base,',
+           (PINNED,)),
+    Mutant("Refinement alphas ignored", "sdtoolkit/control/controllers.py",
+           "out = mapped * alphas + replace * (1 - alphas)", "out = mapped",
+           (PINNED,)),
+    Mutant("per-word tau_c cannot shorten a word's window", "sdtoolkit/core/words.py",
+           "                alpha[:, target, positions] = 0.0\n", "",
+           (PINNED,)),
+    Mutant("sampling reads M_{i-1} at step i", "sdtoolkit/methods/inversions.py",
+           "self._cache[i] = self.mapping.nets[i](self.features.float())",
+           "self._cache[i] = self.mapping.nets[max(i - 1, 0)](self.features.float())",
+           (PINNED,)),
+    Mutant("training ignores --attn_pairing reference", "sdtoolkit/methods/training.py",
+           "gt = trace.maps[reference_pairing(i) if settings.attn_pairing is AttnPairing.REFERENCE else i]",
+           "gt = trace.maps[i]",
+           (PINNED,)),
+    Mutant("training target one step off", "sdtoolkit/methods/training.py",
+           "target = trace.latents[num - i - 1]\n                gt =", "target = trace.latents[num - i]\n                gt =",
+           (PINNED,)),
+    Mutant("NaN guard on sampled latents removed", "sdtoolkit/methods/sampler.py",
+           '            check_finite(z, "the sampled latent", i)\n', "",
+           (f"{GUARDS}::test_sampling_stops_at_the_first_non_finite_latent",)),
+)
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    status: str  # caught | SURVIVED | PATCH FAILED | ERROR
+    detail: str
+    seconds: float
+
+
+def tracked_copy(dest: Path) -> None:
+    """Copy the tracked files of the repository (as in the work tree) into ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        rel = name.decode()
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def check_patch(root: Path, m: Mutant) -> str | None:
+    """None when ``m.old`` occurs exactly once in its file; otherwise why not."""
+    path = root / m.path
+    if not path.is_file():
+        return f"{m.path} does not exist"
+    count = path.read_text(encoding="utf-8").count(m.old)
+    return None if count == 1 else f"{m.path}: the text to replace occurs {count} times (want exactly 1)"
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def failed_test(output: str) -> str:
+    """The first ``FAILED tests/…::name`` of pytest's summary (the test that caught the mutant)."""
+    m = re.search(r"^FAILED (\S+)", output, re.M)
+    return m.group(1).split(" - ")[0] if m else "?"
+
+
+def mutate(root: Path, m: Mutant, timeout: int) -> Outcome:
+    start = time.perf_counter()
+    why = check_patch(root, m)
+    if why:
+        return Outcome(m, "PATCH FAILED", why, 0.0)
+    path = root / m.path
+    original = path.read_text(encoding="utf-8")
+    path.write_text(original.replace(m.old, m.new), encoding="utf-8")
+    try:
+        proc = run_tests(root, m.tests, timeout)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    seconds = time.perf_counter() - start
+    if proc.returncode == 1:
+        return Outcome(m, "caught", failed_test(proc.stdout), seconds)
+    if proc.returncode == 0:
+        return Outcome(m, "SURVIVED", "all targeted tests passed", seconds)
+    return Outcome(m, "ERROR", f"pytest exit status {proc.returncode}: {proc.stdout[-300:]}", seconds)
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = ["| planted bug | result | caught by | s |", "|---|---|---|---|"]
+    for o in outcomes:
+        rows.append(f"| {o.mutant.name} | {o.status} | `{o.detail}` | {o.seconds:.0f} |" if o.status == "caught"
+                    else f"| {o.mutant.name} | **{o.status}** | {o.detail} | {o.seconds:.0f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=None, help="run the mutants whose name contains this text")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    p.add_argument("--no_baseline", action="store_true", help="skip the unmutated run of the targeted tests")
+    args = p.parse_args(argv)
+    mutants = [m for m in MUTANTS if args.only is None or args.only in m.name]
+    if not mutants:
+        print(f"mutation_check: error: no mutant name contains {args.only!r}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        root = Path(tmp)
+        tracked_copy(root)
+        broken = [(m, why) for m in mutants if (why := check_patch(root, m))]
+        for m, why in broken:
+            print(f"PATCH FAILED: {m.name}: {why}", file=sys.stderr)
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+            proc = run_tests(root, tests, args.timeout * 2)
+            if proc.returncode != 0:
+                print(f"the unmutated copy fails its targeted tests ({failed_test(proc.stdout)}):\n{proc.stdout[-2000:]}",
+                      file=sys.stderr)
+                return 1
+            print(f"baseline: targeted tests pass unmutated ({' '.join(tests)})", flush=True)
+        outcomes = []
+        for m in mutants:
+            outcomes.append(mutate(root, m, args.timeout))
+            print(f"{outcomes[-1].status:>12}  {m.name}  ({outcomes[-1].detail})", flush=True)
+    print()
+    print(table(outcomes))
+    bad = [o for o in outcomes if o.status != "caught"]
+    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} planted bugs caught"
+          + (f"; {len(bad)} not: {', '.join(o.mutant.name for o in bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
