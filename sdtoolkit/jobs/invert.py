@@ -22,8 +22,10 @@ from sdtoolkit.methods.training import TrainLog
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
-    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint",
+    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "resolution", "keep_aspect",
 )
+ADDED_KEYS = {"resolution": None, "keep_aspect": False}
+"""Identity keys newer than some saved sidecars, with the value those sidecars were made with."""
 
 
 def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> Path | None:
@@ -35,7 +37,7 @@ def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> Pa
         return None
     old = json.loads(side.read_text(encoding="utf-8"))
     new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
-    diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
+    diff = {k: (old.get(k, ADDED_KEYS.get(k)), new[k]) for k in MATCH_KEYS if old.get(k, ADDED_KEYS.get(k)) != new[k]}
     if diff:
         details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise UsageError(
@@ -51,13 +53,16 @@ class SourceImage:
     path: str
     sha256: str
     pil: Image.Image
-    x: torch.Tensor  # (1, 3, S, S) in [-1, 1]
-    z0: torch.Tensor  # (1, 4, h, w) fp32
+    x: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    z0: torch.Tensor  # (1, 4, H/f, W/f) fp32
 
 
-def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> SourceImage:
-    """Load, crop and encode the input image once."""
-    pil = load_image(image_path, models.image_size, *crop)
+def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0),
+                resolution: int | None = None, keep_aspect: bool = False) -> SourceImage:
+    """Load, crop, size (``resolution``², default the model's, or short side ``resolution`` with ``keep_aspect``,
+    long side rounded to the model's size multiple) and encode the input image once."""
+    pil = load_image(image_path, resolution or models.image_size, *crop, keep_aspect=keep_aspect,
+                     multiple=models.family.size_multiple)
     x = pil_to_tensor(pil)
     return SourceImage(str(image_path), sha256_file(image_path), pil, x, models.encode_latent(x))
 
@@ -86,13 +91,15 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
         return InvertResult(cfg.path(), trained=False)
     method = method_class(cfg.inversion)
     settings = cfg.train_settings()
-    source = load_source(models, cfg.image_path, cfg.crop)
+    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     schedule = models.schedule(cfg.num_ddim_steps)
     text = models.encode_text([cfg.prompt]).float()
-    null = models.encode_text([""]).float()
-    trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress)
+    pooled = models.encode_pooled([cfg.prompt])
+    null = models.encode_null()
+    trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress,
+                           pooled=pooled)
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
     return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start)
 
@@ -100,11 +107,14 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
 def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
                    elapsed: float, extra: dict | None = None) -> InvertResult:
     """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
-    ``cfg.path()``: safetensors + a sidecar with its identity, versions, timing and ``extra``."""
+    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``."""
     schedule = models.schedule(cfg.num_ddim_steps)
     text = models.encode_text([cfg.prompt]).float()
-    plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale)
-    learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
+    pooled = models.encode_pooled([cfg.prompt])
+    plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale,
+                   pooled=pooled)
+    learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale, pooled=pooled)
+    mapping = getattr(inv, "mapping", None)  # StyleDiffusion's M_t: its width bridge goes in the sidecar
     sidecar = {
         **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
         "image_path": str(cfg.image_path),
@@ -115,6 +125,9 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
         "versions": versions(),
         "elapsed_seconds": round(elapsed, 3),
         "iterations_per_step": log.iterations if log else [],
+        "backbone": {**models.family.as_dict(), "image_size": list(source.x.shape[-2:]),
+                     "image_encoder_width": models.image_width,
+                     "width_bridge": mapping.bridge if mapping is not None else "none"},
         "reconstruction": {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
                            "trained_latent_mse": latent_mse(learned, source.z0)},
         **(extra or {}),
@@ -132,8 +145,8 @@ def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, tex
     except FileNotFoundError:
         raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
     want = {"image_sha256": source.sha256, "model": cfg.model, "model_fingerprint": model_fingerprint(cfg.model),
-            "num_ddim_steps": cfg.num_ddim_steps}
-    diff = {k: (sidecar.get(k), v) for k, v in want.items() if sidecar.get(k) != v}
+            "num_ddim_steps": cfg.num_ddim_steps, "resolution": cfg.resolution, "keep_aspect": cfg.keep_aspect}
+    diff = {k: (sidecar.get(k, ADDED_KEYS.get(k)), v) for k, v in want.items() if sidecar.get(k, ADDED_KEYS.get(k)) != v}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()}")
