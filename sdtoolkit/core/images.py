@@ -79,13 +79,15 @@ def load_image(
 
 
 def load_mask(
-    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0
+    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+    keep_aspect: bool = False, multiple: int = 1,
 ) -> torch.Tensor:
-    """A mask image (white = 1) cropped and resized as :func:`load_image` does its image: (size, size) 0/1 float.
+    """A mask image (white = 1) cropped and resized as :func:`load_image` does its image: (H, W) 0/1 float.
 
     A pixel is 1 when its grey level is at least half white; a mask with no 1 is refused (it would edit nothing).
     """
-    grey = np.asarray(load_image(path, size, left, right, top, bottom).convert("L"), dtype=np.float32)
+    grey = np.asarray(load_image(path, size, left, right, top, bottom, keep_aspect, multiple).convert("L"),
+                      dtype=np.float32)
     mask = torch.from_numpy((grey >= 128).astype(np.float32))
     if not mask.any():
         raise UsageError(f"mask {str(path)!r} has no white pixel: nothing could be edited (white = may change)")

@@ -63,10 +63,16 @@ class SDModels:
     model_id: str
     device: torch.device
     dtype: torch.dtype
-    family: ModelFamily
+    family: ModelFamily | None = None  # None: described from the networks' configs
     scheduler_config: dict | None = None  # the folder's scheduler config (None: the reference's)
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL
     tokenizer_2: CLIPTokenizer | None = None  # SDXL
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            encoders = [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+            self.family = describe(self.unet.config, self.vae.config, tuple(e.config.hidden_size for e in encoders),
+                                   self.scheduler_config)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -26,6 +26,9 @@ TINY_LATENT_SCALE = 4.0
 OUTPUT_SCALE = 0.3
 """A fresh UNet is no denoiser (eps std ≈ 0.3 everywhere); scaling its output layer makes guidance-1
 DDIM inversion reconstruct closely while guidance 7.5 does not, the situation StyleDiffusion targets."""
+V_OUTPUT_SCALE = 3.0
+"""The same for tiny-sd2: a v-prediction output enters the noise estimate multiplied by √ᾱ_t, so it is scaled up
+instead (guidance-1 / guidance-7.5 reconstruction then close to tiny's at T = 10)."""
 
 
 def _text_config(width: int) -> CLIPTextConfig:
@@ -66,8 +69,9 @@ def build_tiny_models(seed: int = 0, kind: str = "tiny") -> dict:
             **extra,
         )
         with torch.no_grad():
-            unet.conv_out.weight.mul_(OUTPUT_SCALE)
-            unet.conv_out.bias.mul_(OUTPUT_SCALE)
+            scale = V_OUTPUT_SCALE if kind == "tiny-sd2" else OUTPUT_SCALE
+            unet.conv_out.weight.mul_(scale)
+            unet.conv_out.bias.mul_(scale)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,

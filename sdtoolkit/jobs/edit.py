@@ -125,7 +125,8 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
         write_json(folder / "run.json", {**base, "files": [str(p) for p in written]})
         return written
     texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
-    mask = load_mask(edit.blend_mask, models.image_size, *cfg.crop) if edit.blend_mask else None
+    mask = load_mask(edit.blend_mask, cfg.resolution or models.image_size, *cfg.crop, keep_aspect=cfg.keep_aspect,
+                     multiple=models.family.size_multiple) if edit.blend_mask else None
     pooled = models.encode_pooled([cfg.prompt, edit.target])
     if edit.baselines:
         ddim = DDIMInversion(inv.z_T, null)  # every method starts from the same DDIM inversion z_T
