@@ -106,7 +106,7 @@ def test_stylediffusion_trains_edits_and_masks(kind, tmp_path, capsys, sd2, sdxl
                         "--blend_word", "[('cat',), ('dog',)]"]) == 0
     assert len(list((out / "3 a dog sitting on a rug").glob("edited_img-*.png"))) == 1
     mask = attention_mask(models, Path(CAT), PROMPT, ("cat",), num_steps=3)
-    assert mask.shape == (256, 256) and 0 <= float(mask.min()) and float(mask.max()) == pytest.approx(1.0)
+    assert mask.shape == (256, 256) and 0 <= float(mask.min()) and 0.9 < float(mask.max()) <= 1
 
 
 def test_nulltext_and_npi_run_on_sdxl(tmp_path, sdxl):
