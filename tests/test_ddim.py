@@ -23,7 +23,7 @@ from sdtoolkit.core.ddim import (
     schedule_from_config,
     split_prediction,
 )
-from sdtoolkit.tiny import build_tiny_models
+from sdtoolkit.core.tiny import build_tiny_models
 
 REFERENCE_SCHEDULER_ARGS = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
