@@ -95,16 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.jobs.edit import run_edit
     from sdtoolkit.jobs.invert import existing_result, invert
 
-    if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite):
+    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder, args.compile)
+    run = models.run_identity(inv_cfg.num_ddim_steps)
+    if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite, run):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")
         return 0
-    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder, args.compile)
     if args.is_train:
         result = invert(models, inv_cfg, overwrite=args.overwrite)
         rec = result.sidecar["reconstruction"]
         print(f"saved {result.path} and {result.path.with_suffix('.json')}")
         print(f"latent MSE to z_0 with guidance {inv_cfg.guidance_scale}: plain DDIM {rec['ddim_cfg_latent_mse']:.4g}, "
               f"{inv_cfg.inversion} {rec['trained_latent_mse']:.4g}; {result.sidecar['elapsed_seconds']:.1f} s")
+        if result.sidecar["worse_than_ddim"]:
+            print(f"WARNING: the trained {inv_cfg.inversion} reconstructs worse than plain DDIM inversion (marked "
+                  "worse_than_ddim in the sidecar); train with more --num_inner_steps")
         return 0
     files = run_edit(models, inv_cfg, edit_cfg)
     print(f"wrote {len(files)} files under {files[0].parent if files else edit_cfg.outdir}")

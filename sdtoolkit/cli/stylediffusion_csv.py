@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             checks.check_image(cfg.image_path)
             if not editing:
                 res = invert(models, cfg, overwrite=args.overwrite, progress=False)
-                results.append((row.case, "done", str(res.path)) if res.trained else (row.case, "skipped", "already trained"))
+                if not res.trained:
+                    results.append((row.case, "skipped", "already trained"))
+                else:
+                    warn = " — WARNING: reconstructs worse than plain DDIM" if res.sidecar["worse_than_ddim"] else ""
+                    results.append((row.case, "done", f"{res.path}{warn}"))
             elif edit_complete(cfg, row.edit):
                 results.append((row.case, "skipped", "already edited"))
             else:

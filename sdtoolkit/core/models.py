@@ -1,7 +1,8 @@
 """Loading a Stable Diffusion pipeline (hub id, local folder, ``tiny`` or ``toy``) plus the CLIP image encoder.
 
 Everything the method needs from the networks goes through :class:`SDModels`: text and image encoding
-(once per prompt / image), VAE encode/decode and the UNet noise prediction with an :class:`AttnCall`.
+(once per prompt / image), VAE encode/decode, the UNet output (in the model's prediction type) with an
+:class:`AttnCall`, and the DDIM schedule built from the model folder's scheduler config.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from sdtoolkit.core.attention import AttnCall, LayerInfo, unet_layers
-from sdtoolkit.core.ddim import make_schedule, scaled_linear_alphas_cumprod
+from sdtoolkit.core.ddim import DDIMSchedule, schedule_from_config
 from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD, SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
 
@@ -60,6 +61,8 @@ class SDModels:
     model_id: str
     device: torch.device
     dtype: torch.dtype
+    scheduler_config: dict | None = None  # the folder's scheduler/scheduler_config.json (None: the reference's)
+    image_encoder_id: str = "tiny"  # where the image encoder came from (part of a saved result's identity)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -81,9 +84,20 @@ class SDModels:
     def layers(self) -> list[LayerInfo]:
         return unet_layers(self.unet)
 
-    def schedule(self, num_steps: int):
-        """The DDIM schedule of docs/method.md §1 over ``num_steps`` steps."""
-        return make_schedule(num_steps, scaled_linear_alphas_cumprod())
+    def schedule(self, num_steps: int) -> DDIMSchedule:
+        """The reference's DDIM schedule (steps_offset 1, docs/method.md §1) with the model folder's noise
+        schedule and prediction type."""
+        try:
+            return schedule_from_config(num_steps, self.scheduler_config)
+        except ValueError as exc:
+            raise UsageError(f"--model {self.model_id}: {exc}") from None
+
+    def run_identity(self, num_steps: int) -> dict:
+        """What of these networks changes a saved result besides the weights: the schedule's steps_offset and
+        prediction type, the image encoder and the precision."""
+        schedule = self.schedule(num_steps)
+        return {"steps_offset": schedule.steps_offset, "prediction_type": schedule.prediction_type.value,
+                "image_encoder": self.image_encoder_id, "dtype": str(self.dtype).replace("torch.", "")}
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -125,8 +139,9 @@ class SDModels:
         out = self.image_encoder(pixel_values=x).last_hidden_state
         return getattr(self.image_encoder, "vision_model", self.image_encoder).post_layernorm(out).float()
 
-    def eps(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall) -> torch.Tensor:
-        """UNet noise prediction (fp32) for latents z (B, 4, h, w) at timestep t with per-call state."""
+    def predict(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall) -> torch.Tensor:
+        """UNet output (fp32; eps, v or x0 per the schedule's prediction_type) for latents z (B, 4, h, w) at
+        timestep t with per-call state."""
         out = self.unet(z.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype),
                         cross_attention_kwargs={"call": call}).sample
         return out.float()
@@ -184,6 +199,22 @@ def _load(cls, source: str, subfolder: str | None, what: str, **kwargs):
         ) from exc
 
 
+def read_scheduler_config(source: str, is_local: bool) -> dict | None:
+    """The folder's (or hub id's) ``scheduler/scheduler_config.json`` as a dict; None when it has none."""
+    if is_local:
+        file = Path(source) / "scheduler" / "scheduler_config.json"
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UsageError(f"{file} is not valid JSON ({exc})") from None
+    try:
+        return dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
+    except (OSError, ValueError):
+        return None
+
+
 def load_models(
     model: str,
     device: str | None = "auto",
@@ -205,6 +236,8 @@ def load_models(
 
         parts = build_tiny_models()
         model_id = "tiny"
+        scheduler_config = None
+        enc_source = "tiny"
     else:
         source = str(TOY_MODEL_DIR) if model == "toy" else model
         if model == "toy" and not TOY_MODEL_DIR.is_dir():
@@ -229,6 +262,7 @@ def load_models(
             enc_source = str(path / "image_encoder") if is_local and (path / "image_encoder").is_dir() else DEFAULT_IMAGE_ENCODER
         parts["image_encoder"] = _load(CLIPVisionModel, enc_source, None, "image encoder")
         model_id = "toy" if model == "toy" else source
+        scheduler_config = read_scheduler_config(source, is_local)
     if parts["unet"].config.cross_attention_dim != parts["image_encoder"].config.hidden_size:
         raise UsageError(
             f"image encoder width {parts['image_encoder'].config.hidden_size} differs from the UNet's text width "
@@ -243,7 +277,10 @@ def load_models(
             net.to(dtype=dt)
     if compile_unet:
         parts["unet"].compile()
-    return SDModels(model_id=model_id, device=dev, dtype=dt, **parts)
+    models = SDModels(model_id=model_id, device=dev, dtype=dt, scheduler_config=scheduler_config,
+                      image_encoder_id=enc_source, **parts)
+    models.schedule(1)  # refuse a scheduler config this toolkit cannot reproduce now, not mid-run
+    return models
 
 
 def save_pipeline_folder(models: SDModels, path: str | os.PathLike) -> Path:

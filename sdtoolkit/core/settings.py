@@ -8,8 +8,10 @@ from __future__ import annotations
 import enum
 import itertools
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdtoolkit.core.errors import UsageError
 
@@ -128,14 +130,18 @@ class InvertConfig:
     def path(self) -> Path:
         return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{self.inversion.tag}-[{self.index}].safetensors"
 
-    def identity(self, image_sha256: str, model_fingerprint: str) -> dict:
-        """What a saved result must match to be reused: image, weights and every setting that changes it."""
+    def identity(self, image_sha256: str, model_fingerprint: str, run: Mapping[str, Any]) -> dict:
+        """What a saved result must match to be reused: image, weights and every setting that changes it.
+
+        ``run``: what the loaded networks add (steps_offset, prediction_type, image_encoder, dtype;
+        ``SDModels.run_identity``)."""
         return {
             "inversion": self.inversion, "prompt": self.prompt, "image_sha256": image_sha256, "model": self.model,
             "model_fingerprint": model_fingerprint,
             "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
             "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
-            "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing,
+            "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing, "seed": self.seed,
+            **run,
         }
 
     def train_command(self) -> str:

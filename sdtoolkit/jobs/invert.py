@@ -13,7 +13,7 @@ from PIL import Image
 from sdtoolkit.core.checks import check_image, check_prompt
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import load_image, pil_to_tensor, sha256_file
-from sdtoolkit.core.mapping import load_learned, save_learned, sidecar_path
+from sdtoolkit.core.mapping import UnreadableResult, load_learned, read_sidecar, save_learned, sidecar_path
 from sdtoolkit.core.models import SDModels, model_fingerprint
 from sdtoolkit.core.settings import InvertConfig
 from sdtoolkit.methods.inversions import DDIMInversion, Inversion, ddim_inversion, method_class
@@ -22,19 +22,35 @@ from sdtoolkit.methods.training import TrainLog
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
-    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint",
+    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "seed",
+    "steps_offset", "prediction_type", "image_encoder", "dtype",
 )
+"""Every setting a saved result must match to be reused by training (``--is_train`` reruns)."""
+EDIT_KEYS = (
+    "inversion", "prompt", "image_sha256", "model", "model_fingerprint", "num_ddim_steps", "is_1word",
+    "steps_offset", "prediction_type", "image_encoder",
+)
+"""What a saved result must match to be used for editing: dtype and seed may differ (fp32-trained networks
+edit in bf16); a result made with another prompt, schedule or image encoder is refused."""
 
 
-def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> Path | None:
-    """The saved result when one matching ``cfg`` exists (None when there is none, or ``overwrite``);
-    a UsageError naming the differences when one exists for other settings."""
+def _damaged(exc: UnreadableResult, cfg: InvertConfig) -> UsageError:
+    return UsageError(f"{exc}; retrain with: {cfg.train_command()} --overwrite")
+
+
+def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool, run: dict) -> Path | None:
+    """The saved result when one matching ``cfg`` (and ``run``, :meth:`SDModels.run_identity`) exists (None
+    when there is none, or ``overwrite``); a UsageError naming the differences when one exists for other
+    settings, or when it cannot be read."""
     path = cfg.path()
     side = sidecar_path(path)
     if overwrite or not (path.is_file() and side.is_file()):
         return None
-    old = json.loads(side.read_text(encoding="utf-8"))
-    new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
+    try:
+        old = read_sidecar(path)
+    except UnreadableResult as exc:
+        raise _damaged(exc, cfg) from None
+    new = cfg.identity(image_sha256, model_fingerprint(cfg.model), run)
     diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
     if diff:
         details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -82,7 +98,8 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     """Invert one image with ``cfg.inversion`` and save what was learned (safetensors + JSON sidecar)."""
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
     check_image(cfg.image_path)
-    if existing_result(cfg, sha256_file(cfg.image_path), overwrite):
+    run = models.run_identity(cfg.num_ddim_steps)
+    if existing_result(cfg, sha256_file(cfg.image_path), overwrite, run):
         return InvertResult(cfg.path(), trained=False)
     method = method_class(cfg.inversion)
     settings = cfg.train_settings()
@@ -105,37 +122,52 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
     text = models.encode_text([cfg.prompt]).float()
     plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale)
     learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
+    reconstruction = {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
+                      "trained_latent_mse": latent_mse(learned, source.z0)}
     sidecar = {
-        **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
+        **cfg.identity(source.sha256, model_fingerprint(cfg.model), models.run_identity(cfg.num_ddim_steps)),
         "image_path": str(cfg.image_path),
         "index": cfg.index,
-        "seed": cfg.seed,
-        "dtype": str(models.dtype).replace("torch.", ""),
         "device": str(models.device),
         "versions": versions(),
         "elapsed_seconds": round(elapsed, 3),
         "iterations_per_step": log.iterations if log else [],
-        "reconstruction": {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
-                           "trained_latent_mse": latent_mse(learned, source.z0)},
+        "reconstruction": reconstruction,
+        "worse_than_ddim": worse_than_ddim(reconstruction),
         **(extra or {}),
     }
     path = save_learned(cfg.path(), inv.tensors(), sidecar)
     return InvertResult(path, True, sidecar)
 
 
+def worse_than_ddim(reconstruction: dict) -> bool:
+    """True when the learned inversion reconstructs worse (latent MSE to z_0 at the run's guidance) than plain
+    DDIM inversion: e.g. too few ``--num_inner_steps``."""
+    return reconstruction["trained_latent_mse"] > reconstruction["ddim_cfg_latent_mse"]
+
+
 def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, text: torch.Tensor,
                    null: torch.Tensor) -> tuple[Inversion, dict]:
-    """Load a saved inversion and check it was made for this image, model and step count."""
+    """Load a saved inversion and check it was made for this prompt, image, model, schedule and step count."""
     path = cfg.path()
     try:
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
         raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
-    want = {"image_sha256": source.sha256, "model": cfg.model, "model_fingerprint": model_fingerprint(cfg.model),
-            "num_ddim_steps": cfg.num_ddim_steps}
-    diff = {k: (sidecar.get(k), v) for k, v in want.items() if sidecar.get(k) != v}
+    except UnreadableResult as exc:
+        raise _damaged(exc, cfg) from None
+    if sidecar.get("prompt") != cfg.prompt:
+        raise UsageError(f"{path} was trained for --prompt {sidecar.get('prompt')!r}, not {cfg.prompt!r}: edit with "
+                         f"the trained prompt, or train this one with another --index: {cfg.train_command()}")
+    want = cfg.identity(source.sha256, model_fingerprint(cfg.model), models.run_identity(cfg.num_ddim_steps))
+    diff = {k: (sidecar.get(k), want[k]) for k in EDIT_KEYS if sidecar.get(k) != want[k]}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()}")
-    inv = method_class(cfg.inversion).from_tensors(tensors, null, text, cfg.num_ddim_steps)
+        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()} "
+                         "--overwrite")
+    try:
+        inv = method_class(cfg.inversion).from_tensors(tensors, null, text, cfg.num_ddim_steps)
+    except (KeyError, RuntimeError) as exc:
+        raise _damaged(UnreadableResult(f"{path} does not hold a {cfg.inversion} result for {cfg.num_ddim_steps} "
+                                        f"steps ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"), cfg) from None
     return inv, sidecar
