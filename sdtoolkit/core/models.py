@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
@@ -21,6 +20,7 @@ from sdtoolkit.core.attention import AttnCall, LayerInfo, unet_layers
 from sdtoolkit.core.ddim import DDIMSchedule, schedule_from_config
 from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD, SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.images import clip_pixels
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
 TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "toy_model"
@@ -121,22 +121,10 @@ class SDModels:
 
     @torch.no_grad()
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
-        """E(x): all tokens after the final layer norm, (1, 197, D), for x in [-1, 1]; fp32.
-
-        [-1, 1] → [0, 1] → resize 224 bicubic → centre crop 224 → CLIP mean/std.
-        """
-        size = int(self.image_encoder.config.image_size)
-        x = (image.float() / 2 + 0.5).clamp(0, 1)
-        h, w = x.shape[-2:]
-        scale = size / min(h, w)
-        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                          antialias=True, align_corners=False)
-        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-        x = x[..., top:top + size, left:left + size]
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.device, self.dtype)
-        out = self.image_encoder(pixel_values=x).last_hidden_state
+        """E(x): all tokens after the final layer norm, (1, 197, D), for x in [-1, 1]; fp32. The encoder's
+        input is made as the reference makes it (:func:`clip_pixels`)."""
+        x = clip_pixels(image, int(self.image_encoder.config.image_size), CLIP_MEAN, CLIP_STD)
+        out = self.image_encoder(pixel_values=x.to(self.device, self.dtype)).last_hidden_state
         return getattr(self.image_encoder, "vision_model", self.image_encoder).post_layernorm(out).float()
 
     def predict(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall) -> torch.Tensor:

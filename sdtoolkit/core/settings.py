@@ -77,6 +77,11 @@ class Taus:
     def as_dict(self) -> dict[str, float]:
         return {"tau_v": self.v, "tau_c": self.c, "tau_s": self.s, "tau_u": self.u}
 
+    def value_mapped(self, step: int, num_steps: int) -> bool:
+        """The target's value input is the learned one at sampling step i while ``i < T·tau_v`` (a float
+        comparison, as the reference: tau_v .55 with T = 30 maps 17 steps; docs/method.md §4)."""
+        return step < num_steps * self.v
+
 
 @dataclass(frozen=True)
 class TrainSettings:

@@ -65,8 +65,8 @@ def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig
     < tau_v·T, the source's always (docs/method.md §4). Returns latents (2, 4, h, w)."""
     if controller is None:
         controller = build_controller(models, prompt, edit, num_steps, taus, blend_mask)
-    n_v = int(taus.v * num_steps)
-    return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, i < n_v], guidance_scale, controller)
+    return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, taus.value_mapped(i, num_steps)],
+                  guidance_scale, controller)
 
 
 BASELINE_COLUMNS = ("DDIM inversion, source prompt", "DDIM with word swap (target prompt, no P2P)",
