@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts_path", default="./data/stylediffusion_prompts.csv", help="the CSV")
     p.add_argument("--save_path", default="stylediffusion-results", help="edits go to {save_path}/{csv stem}/")
     p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
-    p.add_argument("--end_case", type=int, default=None, help="last case_number (inclusive)")
+    p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
     cli.add_model_flags(p)
     p.add_argument("--num_ddim_steps", type=int, default=30)
     p.add_argument("--guidance_scale", type=float, default=7.5)
