@@ -31,6 +31,12 @@ class InversionMethod(enum.StrEnum):
         return "learnv" if self is InversionMethod.STYLEDIFFUSION else self.value
 
     @property
+    def default_ddim_steps(self) -> int:
+        """T when ``--num_ddim_steps`` is not given: 30 as the reference's stylediffusion.py; 50 for null-text, as
+        the reference's null-text script."""
+        return 50 if self is InversionMethod.NULLTEXT else 30
+
+    @property
     def default_inner_steps(self) -> int:
         """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10; text-embedding
         inversion: the reference's 10)."""
