@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     rows = {}
     for name, reference, dtype in (("(a) reference cost", True, torch.float32),
-                                   ("(b) default", False, resolve_dtype(args.dtype, device))):
+                                   ("(b) default", False, resolve_dtype(args.dtype))):
         models = get_models(args, dtype)
         torch.manual_seed(0)
         rows[name] = {"dtype": str(dtype).replace("torch.", ""),

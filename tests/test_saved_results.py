@@ -123,3 +123,13 @@ def test_cli_defaults_are_the_reference_scripts():
     assert nulltext.num_ddim_steps == 50 and nulltext.num_inner_steps == 10
     p2 = p2plus_cli.build_parser().parse_args(["--prompt", "a", "--target", "b"])
     assert (p2.tau_c, p2.tau_s, p2.tau_u, p2.seed, p2.num_ddim_steps) == ("[.8,]", "[.4,]", "[.5,]", "[2720,]", 50)
+
+
+def test_default_precision_is_fp32_as_the_reference():
+    """README "Precision": bf16 measured to reconstruct worse, so ``--dtype auto`` is fp32 on every device."""
+    import torch
+
+    from sdtoolkit.core.models import resolve_dtype
+
+    assert resolve_dtype("auto") is torch.float32 and resolve_dtype(None) is torch.float32
+    assert resolve_dtype("bf16") is torch.bfloat16

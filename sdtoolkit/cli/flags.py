@@ -105,7 +105,7 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
         group.add_argument("--image_encoder", default=None, help="CLIP vision model (default: folder's image_encoder/ "
                            "or openai/clip-vit-base-patch16)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    group.add_argument("--dtype", default="auto", help="auto (= fp32, as the reference), fp32, bf16, fp16")
     if compile_flag:
         group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
 
