@@ -80,7 +80,7 @@ def nulltext_for_baselines(models: SDModels, cfg: InvertConfig, source: SourceIm
     method = InversionMethod.NULLTEXT
     nt_cfg = cfg if cfg.inversion is method else replace(cfg, inversion=method, num_inner_steps=method.default_inner_steps)
     trained = False
-    if not existing_result(nt_cfg, source.sha256, overwrite=False):
+    if not existing_result(nt_cfg, source.sha256, False, models.run_identity(nt_cfg.num_ddim_steps)):
         invert(models, nt_cfg, progress=progress)
         trained = True
         print(f"--baselines: trained null-text inversion {nt_cfg.path()}")
