@@ -247,9 +247,8 @@ def test_loader_reads_the_folders_scheduler_config(tiny, tmp_path):
     cfg = json.loads(cfg_file.read_text())
     cfg.update(steps_offset=0, prediction_type="v_prediction")
     cfg_file.write_text(json.dumps(cfg))
+    loaded = load_models(str(folder), device="cpu", dtype="fp32")
     with pytest.warns(UserWarning, match="steps_offset 0"):
-        loaded = load_models(str(folder), device="cpu", dtype="fp32")
-    with pytest.warns(UserWarning):
         schedule = loaded.schedule(50)
     assert schedule.timesteps[0] == 981 and schedule.timesteps[-1] == 1
     assert schedule.prediction_type.value == "v_prediction"

@@ -97,17 +97,50 @@ def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | N
     return words, tuple(float(v) for v in values)
 
 
-def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True) -> None:
-    """The model / device / dtype flags, defined once for every CLI that loads a model."""
-    group.add_argument("--model", default=None, help="hub id, local SD folder, 'tiny' or 'toy' (default: --sd_version)")
+def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True) -> None:
+    """The model / device / dtype / image size / memory flags, defined once for every CLI that loads a model."""
+    group.add_argument("--model", default=None, help="hub id, local SD 1.x/2.x/XL folder, 'tiny', 'tiny-sd2', "
+                       "'tiny-sdxl' or 'toy' (default: --sd_version)")
     group.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
     if image_encoder:
         group.add_argument("--image_encoder", default=None, help="CLIP vision model (default: folder's image_encoder/ "
-                           "or openai/clip-vit-base-patch16)")
+                           "or openai/clip-vit-base-patch16); a width other than the text width is bridged by a "
+                           "learned projection in M_t")
+    if size:
+        group.add_argument("--resolution", type=positive_int, default=None,
+                           help="image side (square, the reference) or short side with --keep_aspect; default: the "
+                           "model's (512 SD 1.x / 2.1-base, 768 SD 2.1, 1024 SDXL)")
+        group.add_argument("--keep_aspect", action="store_true",
+                           help="keep the image's aspect: short side --resolution, long side rounded to the model's "
+                           "multiple (64 px for SD, 32 px for SDXL)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     group.add_argument("--dtype", default="auto", help="auto (= fp32, as the reference), fp32, bf16, fp16")
     if compile_flag:
         group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
+    group.add_argument("--vae_tiling", action="store_true", help="decode/encode the VAE in tiles (less memory at 1024²)")
+    group.add_argument("--vae_slicing", action="store_true", help="VAE one image of the batch at a time")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute UNet activations in the training backward pass (less memory, slower)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def load_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``load_models`` that :func:`add_model_flags` defines, from parsed arguments."""
+    names = ("image_encoder", "compile", "vae_tiling", "vae_slicing", "gradient_checkpointing")
+    out = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    if "compile" in out:
+        out["compile_unet"] = out.pop("compile")
+    return out
 
 
 def add_attention_flags(group, tau_c: str, tau_s: str, tau_u: str) -> None:

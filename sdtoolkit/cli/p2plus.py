@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = checks.model_id(args.model, args.sd_version)
     seed_list = seeds(args.seed)
+    if args.keep_aspect:
+        raise UsageError("--keep_aspect needs an input image; p2plus generates from noise: give --resolution")
 
     edit = EditConfig(
         target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=cli.fraction_list(args.tau_c, "--tau_c"),
@@ -60,24 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from sdtoolkit.core.images import image_grid, tensor_to_pil
+    from sdtoolkit.core.images import fit_size, image_grid, tensor_to_pil
     from sdtoolkit.core.io import save_image, write_json
     from sdtoolkit.core.models import load_models
     from sdtoolkit.jobs.edit import edit_latents
     from sdtoolkit.jobs.invert import versions
     from sdtoolkit.methods.inversions import DDIMInversion
 
-    models = load_models(model, args.device, args.dtype)
+    models = load_models(model, args.device, args.dtype, **cli.load_kwargs(args))
     checks.validate_edit(args.prompt, edit, models.tokenizer)
-    null = models.encode_text([""]).float()
+    null = models.encode_null()
     texts = torch.cat([models.encode_text([args.prompt]), models.encode_text([args.target])]).float()
-    shape = (1, models.unet.config.in_channels, models.latent_size, models.latent_size)
+    pooled = models.encode_pooled([args.prompt, args.target])
+    side = fit_size(1, 1, args.resolution or models.image_size, False, models.family.size_multiple)[0]
+    latent = side // models.vae_scale_factor
+    shape = (1, models.unet.config.in_channels, latent, latent)
     jobs = list(itertools.product(seed_list, edit.tau_c, edit.tau_s, edit.tau_u))
     for seed, c, s, u in tqdm(jobs, desc="seed × tau combinations"):
         z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(models.device)
         taus = Taus(0.0, c, s, u)
         z = edit_latents(models, DDIMInversion(z_T, null), args.prompt, edit, taus, texts,
-                         args.num_ddim_steps, args.guidance_scale)
+                         args.num_ddim_steps, args.guidance_scale, pooled=pooled)
         images = models.decode_latent(z)
         source, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
         folder = Path(args.outdir) / f"{seed} {args.target}".replace("/", "_")

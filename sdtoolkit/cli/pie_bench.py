@@ -70,7 +70,7 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
                        guidance_scale=args.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
                        replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
-                       seed=args.seed)
+                       seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect)
 
 
 def manifest(settings: PieSettings, args: argparse.Namespace, n_cases: int, processes: int) -> dict:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if mine:
         device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
-        models = load_models(settings.model, device, args.dtype, args.image_encoder)
+        models = load_models(settings.model, device, args.dtype, **cli.load_kwargs(args))
         if state.is_main_process:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
                        manifest(settings, args, len(cases), state.num_processes))

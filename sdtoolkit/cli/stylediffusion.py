@@ -75,7 +75,8 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=inversion,
         num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
-        attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir,
+        attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir, resolution=args.resolution,
+        keep_aspect=args.keep_aspect,
     )
     edit = EditConfig(
         target=args.target, edit_type=edit_type, tau_v=cli.fraction_list(args.tau_v, "--tau_v"),
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.jobs.edit import run_edit
     from sdtoolkit.jobs.invert import existing_result, invert
 
-    models = load_models(inv_cfg.model, args.device, args.dtype, args.image_encoder, args.compile)
+    models = load_models(inv_cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
     run = models.run_identity(inv_cfg.num_ddim_steps)
     if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite, run):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")

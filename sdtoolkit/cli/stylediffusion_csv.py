@@ -82,7 +82,9 @@ def flat_copies(models, cfg, edit, written: list[Path]) -> list[Path]:
     from sdtoolkit.core.io import atomic_write, case_filename, save_image
 
     base = Path(edit.outdir)
-    out = [save_image(base / "input" / case_filename(cfg.index, cfg.prompt), load_image(cfg.image_path, models.image_size, *cfg.crop))]
+    out = [save_image(base / "input" / case_filename(cfg.index, cfg.prompt), 
+                    load_image(cfg.image_path, cfg.resolution or models.image_size, *cfg.crop,
+                               keep_aspect=cfg.keep_aspect, multiple=models.family.size_multiple))]
     if edit.edit_type is not EditType.STORE_ATTN:
         edited = next(p for p in written if p.name.startswith("edited_img-") and p.suffix == ".png")
         dest = base / "edited" / case_filename(cfg.index, edit.target)
@@ -120,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=args.device == "cpu")
     mine = rows[state.process_index :: state.num_processes]
     device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
-    models = load_models(model, device, args.dtype, args.image_encoder, args.compile)
+    models = load_models(model, device, args.dtype, **cli.load_kwargs(args))
     template = InvertConfig(
         prompt="", image_path="", model=model, inversion=inversion,
         num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
-        model_dir=args.model_dir,
+        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect,
     )
     results: list[tuple[str, str, str]] = []
     tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""

@@ -44,6 +44,7 @@ class AttentionStore:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps: set[int] = set()
         self.upper_heads = upper_heads
+        self.grid: tuple[int, int] = (0, 0)
 
     def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
         return call.branch == Branch.COND and layer.name in self.layers
@@ -53,25 +54,27 @@ class AttentionStore:
         return probs
 
     def store(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> None:
-        """Add this call's maps (B, h, Q, K) → head mean (B, Q, K)."""
+        """Add this call's maps (B, h, Q, K) → head mean (B, Q, K); remember the layer's (h, w) query grid."""
         heads = probs[:, probs.shape[1] // 2:] if self.upper_heads else probs
         mean = heads.detach().float().mean(dim=1)
         self.sums[layer.name] = self.sums[layer.name] + mean if layer.name in self.sums else mean
         self.steps.add(call.step)
+        side = int(round(mean.shape[1] ** 0.5))
+        self.grid = layer.grid(call.latent_hw) if call.latent_hw is not None else (side, side)
 
     def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return z
 
     def maps(self) -> torch.Tensor:
-        """Summed maps of all map layers as (B, layers, res, res, K)."""
+        """Summed maps of all map layers as (B, layers, h, w, K), (h, w) the maps' query grid (1/32 of the image)."""
         if not self.sums:
             raise RuntimeError("no cross-attention was stored: the controller was not passed to the UNet")
         stacked = torch.stack([self.sums[n] for n in sorted(self.sums)], dim=1)  # (B, n_layers, Q, K)
-        res = int(round(stacked.shape[2] ** 0.5))
-        return stacked.reshape(stacked.shape[0], stacked.shape[1], res, res, stacked.shape[3])
+        h, w = self.grid
+        return stacked.reshape(stacked.shape[0], stacked.shape[1], h, w, stacked.shape[3])  # Q = h·w
 
     def average(self) -> torch.Tensor:
-        """Per-token maps averaged over layers and stored steps: (B, res, res, K)."""
+        """Per-token maps averaged over layers and stored steps: (B, h, w, K)."""
         return self.maps().mean(dim=1) / max(len(self.steps), 1)
 
 
@@ -90,9 +93,9 @@ class LocalBlend:
 
     def mask(self, store: AttentionStore, latent_hw: tuple[int, int]) -> torch.Tensor:
         """Blend mask (1, 1, h, w) of 0/1 floats from the stored maps."""
-        maps = store.maps()  # (B, n_layers, r, r, K)
+        maps = store.maps()  # (B, n_layers, mh, mw, K)
         alphas = self.word_alphas.to(maps.device)[:, None, None, None, :]
-        maps = (maps * alphas).sum(-1).mean(1, keepdim=True)  # (B, 1, r, r)
+        maps = (maps * alphas).sum(-1).mean(1, keepdim=True)  # (B, 1, mh, mw)
         maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
         maps = F.interpolate(maps, size=latent_hw)
         maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
@@ -263,13 +266,15 @@ def text_under_image(image: np.ndarray, text: str, text_color: tuple[int, int, i
 
 
 def show_cross_attention(store: AttentionStore, prompt: str, tokenizer, size: int = 256, batch_index: int = 0) -> Image.Image:
-    """One image of the per-token cross-attention maps of ``prompt`` (token text under each map)."""
-    avg = store.average()[batch_index]  # (r, r, K)
+    """One image of the per-token cross-attention maps of ``prompt`` (token text under each map); each tile is
+    ``size`` pixels high and has the maps' (the image's) aspect."""
+    avg = store.average()[batch_index]  # (mh, mw, K)
+    tile_wh = (round(size * avg.shape[1] / avg.shape[0]), size)
     tokens = prompt_tokens(prompt, tokenizer)
     tiles = []
     for k, token in enumerate(tokens):
         amap = avg[:, :, k]
         amap = (amap / amap.max().clamp_min(1e-12) * 255).byte().cpu().numpy()
-        tile = np.asarray(Image.fromarray(amap).resize((size, size), Image.Resampling.BICUBIC).convert("RGB"))
+        tile = np.asarray(Image.fromarray(amap).resize(tile_wh, Image.Resampling.BICUBIC).convert("RGB"))
         tiles.append(text_under_image(tile, token.strip() or "·"))
     return Image.fromarray(np.concatenate(tiles, axis=1))

@@ -10,6 +10,7 @@ every other layer runs ``scaled_dot_product_attention``.
 from __future__ import annotations
 
 import enum
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
@@ -32,7 +33,16 @@ class LayerInfo:
     name: str  # processor key, e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
     place: str  # "down" | "mid" | "up"
     is_cross: bool
-    resolution: int  # side of the square query grid
+    resolution: int  # side of the query grid at the model's default (square) size
+    level: int = 0  # times the latent is halved before this layer
+    scale: int = 8  # pixels per query position: vae_scale_factor · 2**level
+
+    def grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """Query grid (h, w) of this layer for latents of size ``latent_hw`` (stride-2 convs round up)."""
+        h, w = latent_hw
+        for _ in range(self.level):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
 
 
 class AttentionController(Protocol):
@@ -57,10 +67,11 @@ class AttnCall:
     value_states: torch.Tensor | None = None  # (B, 77, D): input of to_v in cross-attention, None = text
     controller: AttentionController | None = None
     explicit: bool = False  # materialise probabilities in every layer (reference-cost setting)
+    latent_hw: tuple[int, int] | None = None  # (h, w) of the latents of this call, set by SDModels.eps
 
 
-def layer_info(name: str, latent_size: int, num_down_blocks: int) -> LayerInfo:
-    """Describe layer ``name`` of a UNet2DConditionModel whose latent side is ``latent_size``.
+def layer_info(name: str, latent_size: int, num_down_blocks: int, vae_scale_factor: int = 8) -> LayerInfo:
+    """Describe layer ``name`` of a UNet2DConditionModel whose default latent side is ``latent_size``.
 
     Down block i works at latent/2**i, the mid block at latent/2**(n-1), up block i at latent/2**(n-1-i).
     """
@@ -73,27 +84,46 @@ def layer_info(name: str, latent_size: int, num_down_blocks: int) -> LayerInfo:
         place, level = "mid", num_down_blocks - 1
     else:
         raise ValueError(f"unexpected attention layer name {name!r}")
-    return LayerInfo(name=name, place=place, is_cross=".attn2." in name, resolution=max(1, latent_size // 2**level))
+    return LayerInfo(name=name, place=place, is_cross=".attn2." in name, resolution=max(1, latent_size // 2**level),
+                     level=level, scale=vae_scale_factor * 2**level)
 
 
-def unet_layers(unet: torch.nn.Module) -> list[LayerInfo]:
+def unet_layers(unet: torch.nn.Module, vae_scale_factor: int = 8) -> list[LayerInfo]:
     """All attention layers of ``unet`` in processor order."""
     cfg = unet.config
-    return [layer_info(n, cfg.sample_size, len(cfg.down_block_types)) for n in unet.attn_processors]
+    return [layer_info(n, cfg.sample_size, len(cfg.down_block_types), vae_scale_factor) for n in unet.attn_processors]
+
+
+MAP_SCALE = 32
+"""The maps of the attention loss, LocalBlend, StoreAttn and storemask are those at 1/32 of the image size
+(16×16 at 512², 24×16 at 768×512, 32×32 at 1024²; docs/method.md §2)."""
+
+
+def _map_candidates(layers: list[LayerInfo]) -> list[LayerInfo]:
+    cand = [l for l in layers if l.is_cross and l.place in ("down", "up")]
+    if not cand:
+        raise ValueError("the UNet has no cross-attention layers in its down/up blocks")
+    return cand
+
+
+def map_level(layers: list[LayerInfo]) -> int:
+    """UNet level of the maps: the down/up cross-attention level whose scale is nearest 1/:data:`MAP_SCALE` of the
+    image (in octaves; ties go to the coarser level). Level 2 for SD 1.x/2.x and SDXL; for tiny and toy models,
+    whose pixels per latent differ, it is their coarsest cross-attention level."""
+    cand = _map_candidates(layers)
+    return min({l.level: abs(math.log2(l.scale / MAP_SCALE)) for l in cand}.items(), key=lambda kv: (kv[1], -kv[0]))[0]
 
 
 def map_resolution(layers: list[LayerInfo]) -> int:
-    """Resolution of the "16×16" maps: the coarsest down/up cross-attention layers (16 for SD at 512 px)."""
-    res = [l.resolution for l in layers if l.is_cross and l.place in ("down", "up")]
-    if not res:
-        raise ValueError("the UNet has no cross-attention layers in its down/up blocks")
-    return min(res)
+    """Side of the maps at the model's default square size (16 for SD at 512 px, 32 for SDXL at 1024 px)."""
+    level = map_level(layers)
+    return next(l.resolution for l in _map_candidates(layers) if l.level == level)
 
 
 def map_layers(layers: list[LayerInfo]) -> list[LayerInfo]:
-    """The down/up cross-attention layers at :func:`map_resolution` (16×16 for SD, docs/method.md §2)."""
-    res = map_resolution(layers)
-    return [l for l in layers if l.is_cross and l.place in ("down", "up") and l.resolution == res]
+    """The down/up cross-attention layers at :func:`map_level` (docs/method.md §2)."""
+    level = map_level(layers)
+    return [l for l in _map_candidates(layers) if l.level == level]
 
 
 class StyleAttnProcessor:

@@ -3,6 +3,9 @@
 SD_VERSIONS: dict[str, str] = {
     "sd_1_4": "CompVis/stable-diffusion-v1-4",
     "sd_1_5": "runwayml/stable-diffusion-v1-5",
+    "sd_2_1_base": "stabilityai/stable-diffusion-2-1-base",
+    "sd_2_1": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 # OpenAI CLIP's image normalisation (its preprocessing config), used by the image encoder E(x)
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

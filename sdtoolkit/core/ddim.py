@@ -148,7 +148,6 @@ class DDIMSchedule:
         """The smallest timestep: with "leading" spacing, the scheduler's steps_offset."""
         return self.timesteps[-1]
 
-
 def make_schedule(
     num_steps: int,
     alphas_cumprod: torch.Tensor | None = None,

@@ -38,11 +38,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def fit_size(width: int, height: int, resolution: int, keep_aspect: bool, multiple: int) -> tuple[int, int]:
+    """Model input size (h, w): ``resolution``² (the reference), or with ``keep_aspect`` the short side at
+    ``resolution`` and the long side scaled with it, rounded to a multiple of ``multiple`` (at least one)."""
+    if resolution < multiple or resolution % multiple:
+        raise UsageError(f"--resolution {resolution} is not a positive multiple of {multiple}, the model's size multiple")
+    if not keep_aspect:
+        return resolution, resolution
+    scale = resolution / min(width, height)
+    long_side = max(multiple, round(max(width, height) * scale / multiple) * multiple)
+    return (resolution, long_side) if height <= width else (long_side, resolution)
+
+
 def load_image(
-    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0
+    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+    keep_aspect: bool = False, multiple: int = 1,
 ) -> Image.Image:
-    """Open an image, cut the crop offsets, centre-crop to a square and resize to ``size``×``size`` (RGB) with
-    PIL's bicubic filter, the default of the reference's ``Image.resize`` (docs/method.md §1)."""
+    """Open an image, cut the crop offsets, then centre-crop to a square and resize to ``size``×``size`` (RGB), or
+    with ``keep_aspect`` resize the whole image to :func:`fit_size` (short side ``size``); PIL's bicubic filter,
+    the default of the reference's ``Image.resize`` (docs/method.md §1)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image {str(path)!r} does not exist (or is not a file)")
@@ -57,6 +71,9 @@ def load_image(
         raise UsageError(f"crop offsets left={left} right={right} top={top} bottom={bottom} do not fit a {w}×{h} image")
     image = image.crop((left, top, w - right, h - bottom))
     w, h = image.size
+    if keep_aspect:
+        out_h, out_w = fit_size(w, h, size, True, multiple)
+        return image.resize((out_w, out_h), Image.Resampling.BICUBIC)
     side = min(w, h)
     x0, y0 = (w - side) // 2, (h - side) // 2
     image = image.crop((x0, y0, x0 + side, y0 + side))
@@ -64,13 +81,15 @@ def load_image(
 
 
 def load_mask(
-    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0
+    path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+    keep_aspect: bool = False, multiple: int = 1,
 ) -> torch.Tensor:
-    """A mask image (white = 1) cropped and resized as :func:`load_image` does its image: (size, size) 0/1 float.
+    """A mask image (white = 1) cropped and resized as :func:`load_image` does its image: (H, W) 0/1 float.
 
     A pixel is 1 when its grey level is at least half white; a mask with no 1 is refused (it would edit nothing).
     """
-    grey = np.asarray(load_image(path, size, left, right, top, bottom).convert("L"), dtype=np.float32)
+    grey = np.asarray(load_image(path, size, left, right, top, bottom, keep_aspect, multiple).convert("L"),
+                      dtype=np.float32)
     mask = torch.from_numpy((grey >= 128).astype(np.float32))
     if not mask.any():
         raise UsageError(f"mask {str(path)!r} has no white pixel: nothing could be edited (white = may change)")

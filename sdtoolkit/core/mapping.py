@@ -16,17 +16,21 @@ from sdtoolkit.core.io import atomic_write, write_json
 
 
 class StepMapper(nn.Module):
-    """M_t: image tokens (1, N, D) → scale s (1, L, D) and shift b (1, L, D).
+    """M_t: image tokens (1, N, D_img) → scale s (1, L, D) and shift b (1, L, D), D the text width.
 
     Conv1d(N→2L, k=1) → Conv1d(2L→2L) → BatchNorm1d(2L) → LeakyReLU → Conv1d(2L→2L). BatchNorm always
     uses the statistics of its input (no running statistics), as the reference does in training *and*
-    editing, so editing computes exactly what training computed.
+    editing, so editing computes exactly what training computed. When the image encoder's width D_img differs
+    from the text width D (e.g. CLIP ViT-B/16's 768 for SD 2.x's 1024), a learned Linear(D_img → D) on the
+    tokens comes first: our extension of the method (docs/method.md §3); equal widths add nothing.
     """
 
-    def __init__(self, num_image_tokens: int = 197, max_length: int = 77) -> None:
+    def __init__(self, num_image_tokens: int = 197, max_length: int = 77, image_width: int | None = None,
+                 text_width: int | None = None) -> None:
         super().__init__()
         width = 2 * max_length
         self.max_length = max_length
+        self.proj = nn.Linear(image_width, text_width) if image_width != text_width else None
         self.net = nn.Sequential(
             nn.Conv1d(num_image_tokens, width, kernel_size=1),
             nn.Conv1d(width, width, kernel_size=1),
@@ -36,6 +40,8 @@ class StepMapper(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.proj is not None:
+            features = self.proj(features)  # (1, N, D_img) → (1, N, D)
         out = self.net(features)  # (1, 2L, D)
         return out[:, : self.max_length], out[:, self.max_length :]
 
@@ -43,11 +49,19 @@ class StepMapper(nn.Module):
 class MappingNetworks(nn.Module):
     """M_1 … M_T as an ``nn.ModuleList`` indexed by sampling step i (0 = noisiest)."""
 
-    def __init__(self, num_steps: int, num_image_tokens: int = 197, max_length: int = 77) -> None:
+    def __init__(self, num_steps: int, num_image_tokens: int = 197, max_length: int = 77,
+                 image_width: int | None = None, text_width: int | None = None) -> None:
         super().__init__()
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
-        self.nets = nn.ModuleList(StepMapper(num_image_tokens, max_length) for _ in range(num_steps))
+        self.nets = nn.ModuleList(StepMapper(num_image_tokens, max_length, image_width, text_width)
+                                  for _ in range(num_steps))
+
+    @property
+    def bridge(self) -> str:
+        """How image-token width meets text width, recorded in the sidecar: "none" or "projection D_img->D"."""
+        proj = self.nets[0].proj
+        return "none" if proj is None else f"projection {proj.in_features}->{proj.out_features}"
 
     def init_from_previous(self, i: int) -> None:
         """M_i starts as a copy of M_{i-1} (M_0 keeps its default initialisation)."""
@@ -109,7 +123,10 @@ def mapping_from_tensors(tensors: dict[str, torch.Tensor], num_steps: int) -> Ma
     weight = tensors.get("nets.0.net.0.weight")
     if weight is None:
         raise UsageError("the file holds no mapping networks (no 'nets.0.net.0.weight' tensor)")
-    nets = MappingNetworks(num_steps, num_image_tokens=weight.shape[1], max_length=weight.shape[0] // 2)
+    proj = tensors.get("nets.0.proj.weight")  # (D, D_img) when the widths were bridged
+    widths = (proj.shape[1], proj.shape[0]) if proj is not None else (None, None)
+    nets = MappingNetworks(num_steps, num_image_tokens=weight.shape[1], max_length=weight.shape[0] // 2,
+                           image_width=widths[0], text_width=widths[1])
     state = {k: v for k, v in tensors.items() if k.startswith("nets.")}
     nets.load_state_dict(state, strict=True)
     return nets

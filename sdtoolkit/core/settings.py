@@ -120,6 +120,8 @@ class InvertConfig:
     attn_pairing: AttnPairing = AttnPairing.SAME
     seed: int = 0
     model_dir: str = "."
+    resolution: int | None = None  # square side, or the short side with keep_aspect; None: the model's default
+    keep_aspect: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inversion", to_enum(InversionMethod, self.inversion, "--inversion"))
@@ -152,7 +154,7 @@ class InvertConfig:
             "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
             "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
             "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing, "seed": self.seed,
-            **run,
+            "resolution": self.resolution, "keep_aspect": self.keep_aspect, **run,
         }
 
     def train_command(self) -> str:
@@ -179,6 +181,10 @@ class InvertConfig:
             args += ["--seed", str(self.seed)]
         if str(self.model_dir) != ".":
             args += ["--model_dir", str(self.model_dir)]
+        if self.resolution is not None:
+            args += ["--resolution", str(self.resolution)]
+        if self.keep_aspect:
+            args += ["--keep_aspect"]
         return shlex.join(args)
 
 

@@ -1,9 +1,10 @@
 """Foreground / background masks for NS-LPIPS from cross-attention during DDIM inversion (docs/method.md §7).
 
-For each case of an editing CSV: invert the input image with its prompt over 50 DDIM steps (conditional
-branch, guidance 1), average the map-resolution (16×16 for SD) cross-attention of the blend word's source
-word over the down/up layers, heads and steps, normalise by its max and resize to 256×256. The foreground
-mask is that map, the background (non-selected) mask its complement; both are written as 8-bit PNGs named
+For each case of an editing CSV: invert ``{input_path}/{case} {prompt}.png`` with its prompt over 50 DDIM
+steps, average the cross-attention maps at 1/32 of the image size (16×16 at 512², 24×16 at 768×512) of the blend
+word's *source* word(s) over the down/up layers, heads and steps, normalise by its max and resize to 256×256
+(non-square images: short side 256, the image's aspect). The foreground mask is
+that map, the background (non-selected) mask is 1 − map; both are written as 8-bit grayscale PNGs named
 ``{case} {prompt}.png`` (255 = 1.0). Missing inputs are listed and counted, never skipped silently.
 
 ``--mode corrected`` (default): all heads; every token of every source blend word; the soft map resized
@@ -28,6 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdtoolkit.cli import flags as cli
+from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename, save_image
 from sdtoolkit.jobs.cases import read_cases
@@ -38,28 +40,39 @@ MODES = ("corrected", "reference")
 INPUT_EXT = {"corrected": ".png", "reference": ".jpg"}
 
 
-def inversion_maps(models, image_path: Path, prompt: str, num_steps: int, upper_heads: bool) -> torch.Tensor:
-    """Per-token cross-attention (r, r, K) of the conditional branch during DDIM inversion of the image,
+def mask_size(map_hw: tuple[int, int]) -> tuple[int, int]:
+    """Mask (h, w): MASK_SIZE² for square images (the reference), else short side MASK_SIZE with the maps' aspect."""
+    h, w = map_hw
+    return (MASK_SIZE, round(MASK_SIZE * w / h)) if h <= w else (round(MASK_SIZE * h / w), MASK_SIZE)
+
+
+def inversion_maps(models, image_path: Path, prompt: str, num_steps: int, upper_heads: bool,
+                   resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
+    """Per-token cross-attention (mh, mw, K) of the conditional branch during DDIM inversion of the image,
     averaged over the map layers, heads (or heads h//2 … h−1 with ``upper_heads``) and steps."""
     from sdtoolkit.control.controllers import AttentionStore
     from sdtoolkit.core.images import load_image, pil_to_tensor
     from sdtoolkit.methods.inversions import ddim_inversion
 
-    x = pil_to_tensor(load_image(image_path, models.image_size))
+    x = pil_to_tensor(load_image(image_path, resolution or models.image_size, keep_aspect=keep_aspect,
+                                 multiple=models.family.size_multiple))
     store = AttentionStore(models.layers(), upper_heads=upper_heads)
     ddim_inversion(models, models.encode_latent(x), models.encode_text([prompt]), models.schedule(num_steps),
-                   controller=store)
+                   controller=store, pooled=models.encode_pooled([prompt]))
     return store.average()[0]
 
 
-def attention_mask(models, image_path: Path, prompt: str, words: tuple[str, ...], num_steps: int = 50) -> torch.Tensor:
-    """Corrected mode: soft foreground mask (MASK_SIZE, MASK_SIZE) in [0, 1] of ``words`` in ``prompt``."""
+def attention_mask(models, image_path: Path, prompt: str, words: tuple[str, ...], num_steps: int = 50,
+                   resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
+    """Corrected mode: soft foreground mask (h, w) in [0, 1] of ``words`` in ``prompt`` (:func:`mask_size`)."""
     from sdtoolkit.core.words import find_word_tokens
 
     tokens = sorted({t for w in words for t in find_word_tokens(prompt, w, models.tokenizer)})
-    amap = inversion_maps(models, image_path, prompt, num_steps, upper_heads=False)[:, :, tokens].sum(-1)  # (r, r)
+    maps = inversion_maps(models, image_path, prompt, num_steps, False, resolution, keep_aspect)
+    amap = maps[:, :, tokens].sum(-1)  # (mh, mw)
     amap = amap / amap.max().clamp_min(1e-12)
-    return F.interpolate(amap[None, None], size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    size = mask_size(tuple(amap.shape))
+    return F.interpolate(amap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
 
 
 def reference_token(prompt: str, words: tuple[str, ...]) -> int:
@@ -94,10 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fgmask_path", default=str(REPO_ROOT / "results" / "fgmask"), help="output: foreground masks")
     p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
     p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
-    p.add_argument("--model", default="sd_1_4", help="hub id, local SD folder, sd_1_4/sd_1_5, 'tiny' or 'toy'")
+    cli.add_model_flags(p, compile_flag=False, image_encoder=False)
     p.add_argument("--num_ddim_steps", type=int, default=50)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
     p.add_argument("--allow_missing", action="store_true", help="mask the cases whose input exists, exit 0")
     p.add_argument("--mode", choices=MODES, default="corrected",
                    help="'reference': the published mask script's heads, token, uint8/bicubic masks and .jpg inputs")
@@ -127,16 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from sdtoolkit.core.models import load_models
 
-    models = load_models(args.model, args.device, args.dtype)
+    models = load_models(checks.model_id(args.model, args.sd_version), args.device, args.dtype, **cli.load_kwargs(args))
     done, failed = 0, []
     for case, prompt, words in tqdm([c for c in cases if c not in missing], desc="masks"):
         try:
             if args.mode == "reference":
                 token = reference_token(prompt, words)
-                amap = inversion_maps(models, inputs[case], prompt, args.num_ddim_steps, upper_heads=True)
+                amap = inversion_maps(models, inputs[case], prompt, args.num_ddim_steps, True, args.resolution,
+                                      args.keep_aspect)
                 fg_png, bg_png = reference_masks(amap[:, :, token])
             else:
-                fg = attention_mask(models, inputs[case], prompt, words, args.num_ddim_steps)
+                fg = attention_mask(models, inputs[case], prompt, words, args.num_ddim_steps, args.resolution,
+                                    args.keep_aspect)
                 fg_png, bg_png = to_png(fg), to_png(1 - fg)
         except ValueError as exc:
             failed.append(case)

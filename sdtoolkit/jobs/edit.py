@@ -60,13 +60,14 @@ def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps:
 
 def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig, taus: Taus, texts: torch.Tensor,
                  num_steps: int, guidance_scale: float = 7.5, controller: P2PController | None = None,
-                 blend_mask: torch.Tensor | None = None) -> torch.Tensor:
+                 blend_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
     """Sample [source, target] with P2Plus for ``taus``; the target's value path uses the learned input for steps
-    < tau_v·T, the source's always (docs/method.md §4). Returns latents (2, 4, h, w)."""
+    < tau_v·T, the source's always (docs/method.md §4). ``pooled``: SDXL's pooled embeddings of the two prompts.
+    Returns latents (2, 4, h, w)."""
     if controller is None:
         controller = build_controller(models, prompt, edit, num_steps, taus, blend_mask)
     return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, taus.value_mapped(i, num_steps)],
-                  guidance_scale, controller)
+                  guidance_scale, controller, pooled=pooled)
 
 
 BASELINE_COLUMNS = ("DDIM inversion, source prompt", "DDIM with word swap (target prompt, no P2P)",
@@ -89,13 +90,14 @@ def nulltext_for_baselines(models: SDModels, cfg: InvertConfig, source: SourceIm
 
 
 def baseline_row(models: SDModels, cfg: InvertConfig, edit: EditConfig, taus: Taus, texts: torch.Tensor,
-                 ddim: Inversion, nulltext: Inversion, swap: torch.Tensor, blend_mask: torch.Tensor | None) -> list:
+                 ddim: Inversion, nulltext: Inversion, swap: torch.Tensor, blend_mask: torch.Tensor | None,
+                 pooled: torch.Tensor | None = None) -> list:
     """The comparison images of :data:`BASELINE_COLUMNS` for one tau combination (``swap``: the decoded DDIM
     samples of [source, target] without a controller, shared by every combination; the same blending as the edit)."""
     ddim_p2p = edit_latents(models, ddim, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                            blend_mask=blend_mask)
+                            blend_mask=blend_mask, pooled=pooled)
     nt_p2p = edit_latents(models, nulltext, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                          blend_mask=blend_mask)
+                          blend_mask=blend_mask, pooled=pooled)
     edited = models.decode_latent(torch.cat([ddim_p2p[1:], nt_p2p[1:]]))
     return [tensor_to_pil(swap[0]), tensor_to_pil(swap[1]), tensor_to_pil(edited[0]), tensor_to_pil(edited[1])]
 
@@ -103,8 +105,8 @@ def baseline_row(models: SDModels, cfg: InvertConfig, edit: EditConfig, taus: Ta
 def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bool = True) -> list[Path]:
     """Edit one trained image for every tau combination; write edited images, grids and sidecars."""
     validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)
-    source = load_source(models, cfg.image_path, cfg.crop)
-    null = models.encode_text([""]).float()
+    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
+    null = models.encode_null()
     src_text = models.encode_text([cfg.prompt]).float()
     inv, train_sidecar = load_inversion(models, cfg, source, src_text, null)
     folder = edit_folder(cfg, edit)
@@ -115,29 +117,31 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
     if edit.edit_type is EditType.STORE_ATTN:
         store = AttentionStore(models.layers())
         z = sample(models, models.schedule(cfg.num_ddim_steps), inv, src_text, None, cfg.guidance_scale, store,
-                   progress=progress, desc="reconstruction")
+                   progress=progress, desc="reconstruction", pooled=models.encode_pooled([cfg.prompt]))
         rec = tensor_to_pil(models.decode_latent(z))
         written.append(save_image(folder / "grid_img.png", image_grid([source.pil, vae_rec, rec])))
         written.append(save_image(folder / "cross_attention.png", show_cross_attention(store, cfg.prompt, models.tokenizer)))
         write_json(folder / "run.json", {**base, "files": [str(p) for p in written]})
         return written
     texts = torch.cat([src_text, models.encode_text([edit.target]).float()])
-    mask = load_mask(edit.blend_mask, models.image_size, *cfg.crop) if edit.blend_mask else None
+    mask = load_mask(edit.blend_mask, cfg.resolution or models.image_size, *cfg.crop, keep_aspect=cfg.keep_aspect,
+                     multiple=models.family.size_multiple) if edit.blend_mask else None
+    pooled = models.encode_pooled([cfg.prompt, edit.target])
     if edit.baselines:
         ddim = DDIMInversion(inv.z_T, null)  # every method starts from the same DDIM inversion z_T
         nulltext, note = nulltext_for_baselines(models, cfg, source, src_text, null, progress)
         swap = models.decode_latent(sample(models, models.schedule(cfg.num_ddim_steps), ddim, texts,
-                                           guidance_scale=cfg.guidance_scale))
+                                           guidance_scale=cfg.guidance_scale, pooled=pooled))
         base["baselines"] = {"second_row": list(BASELINE_COLUMNS), **note}
     for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not progress):
         start = time.perf_counter()
         z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                         blend_mask=mask)
+                         blend_mask=mask, pooled=pooled)
         images = models.decode_latent(z)
         rec, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
         row = [source.pil, vae_rec, rec, edited]
         if edit.baselines:
-            row += baseline_row(models, cfg, edit, taus, texts, ddim, nulltext, swap, mask)
+            row += baseline_row(models, cfg, edit, taus, texts, ddim, nulltext, swap, mask, pooled)
         written.append(save_image(folder / f"edited_img-{taus.stem()}.png", edited))
         written.append(save_image(folder / f"grid_img-{taus.stem()}.png", image_grid(row, columns=4)))
         write_json(folder / f"edited_img-{taus.stem()}.json", {

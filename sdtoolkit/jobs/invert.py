@@ -1,7 +1,6 @@
 """Invert/train one image and keep the result on disk (safetensors + JSON sidecar); load it back for editing."""
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,16 +21,19 @@ from sdtoolkit.methods.training import TrainLog
 
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
-    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "seed",
-    "steps_offset", "prediction_type", "image_encoder", "dtype",
+    "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "resolution", "keep_aspect",
+    "seed", "steps_offset", "prediction_type", "image_encoder", "dtype",
 )
 """Every setting a saved result must match to be reused by training (``--is_train`` reruns)."""
 EDIT_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "model_fingerprint", "num_ddim_steps", "is_1word",
-    "steps_offset", "prediction_type", "image_encoder",
+    "resolution", "keep_aspect", "steps_offset", "prediction_type", "image_encoder",
 )
 """What a saved result must match to be used for editing: dtype and seed may differ (fp32-trained networks
 edit in bf16); a result made with another prompt, schedule or image encoder is refused."""
+ADDED_KEYS = {"resolution": None, "keep_aspect": False}
+"""Identity keys newer than some saved sidecars, with the value those sidecars were made with (results older
+than ``steps_offset`` are refused: their timesteps differ)."""
 
 
 def _damaged(exc: UnreadableResult, cfg: InvertConfig) -> UsageError:
@@ -51,7 +53,7 @@ def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool, run: 
     except UnreadableResult as exc:
         raise _damaged(exc, cfg) from None
     new = cfg.identity(image_sha256, model_fingerprint(cfg.model), run)
-    diff = {k: (old.get(k), new[k]) for k in MATCH_KEYS if old.get(k) != new[k]}
+    diff = {k: (old.get(k, ADDED_KEYS.get(k)), new[k]) for k in MATCH_KEYS if old.get(k, ADDED_KEYS.get(k)) != new[k]}
     if diff:
         details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise UsageError(
@@ -67,13 +69,16 @@ class SourceImage:
     path: str
     sha256: str
     pil: Image.Image
-    x: torch.Tensor  # (1, 3, S, S) in [-1, 1]
-    z0: torch.Tensor  # (1, 4, h, w) fp32
+    x: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    z0: torch.Tensor  # (1, 4, H/f, W/f) fp32
 
 
-def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> SourceImage:
-    """Load, crop and encode the input image once."""
-    pil = load_image(image_path, models.image_size, *crop)
+def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0),
+                resolution: int | None = None, keep_aspect: bool = False) -> SourceImage:
+    """Load, crop, size (``resolution``², default the model's, or short side ``resolution`` with ``keep_aspect``,
+    long side rounded to the model's size multiple) and encode the input image once."""
+    pil = load_image(image_path, resolution or models.image_size, *crop, keep_aspect=keep_aspect,
+                     multiple=models.family.size_multiple)
     x = pil_to_tensor(pil)
     return SourceImage(str(image_path), sha256_file(image_path), pil, x, models.encode_latent(x))
 
@@ -103,13 +108,15 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
         return InvertResult(cfg.path(), trained=False)
     method = method_class(cfg.inversion)
     settings = cfg.train_settings()
-    source = load_source(models, cfg.image_path, cfg.crop)
+    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     schedule = models.schedule(cfg.num_ddim_steps)
     text = models.encode_text([cfg.prompt]).float()
-    null = models.encode_text([""]).float()
-    trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress)
+    pooled = models.encode_pooled([cfg.prompt])
+    null = models.encode_null()
+    trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress,
+                           pooled=pooled)
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
     return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start)
 
@@ -117,11 +124,14 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
 def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
                    elapsed: float, extra: dict | None = None) -> InvertResult:
     """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
-    ``cfg.path()``: safetensors + a sidecar with its identity, versions, timing and ``extra``."""
+    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``."""
     schedule = models.schedule(cfg.num_ddim_steps)
     text = models.encode_text([cfg.prompt]).float()
-    plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale)
-    learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale)
+    pooled = models.encode_pooled([cfg.prompt])
+    plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale,
+                   pooled=pooled)
+    learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale, pooled=pooled)
+    mapping = getattr(inv, "mapping", None)  # StyleDiffusion's M_t: its width bridge goes in the sidecar
     reconstruction = {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
                       "trained_latent_mse": latent_mse(learned, source.z0)}
     sidecar = {
@@ -132,6 +142,9 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
         "versions": versions(),
         "elapsed_seconds": round(elapsed, 3),
         "iterations_per_step": log.iterations if log else [],
+        "backbone": {**models.family.as_dict(), "image_size": list(source.x.shape[-2:]),
+                     "image_encoder_width": models.image_width,
+                     "width_bridge": mapping.bridge if mapping is not None else "none"},
         "reconstruction": reconstruction,
         "worse_than_ddim": worse_than_ddim(reconstruction),
         **(extra or {}),
@@ -160,7 +173,8 @@ def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, tex
         raise UsageError(f"{path} was trained for --prompt {sidecar.get('prompt')!r}, not {cfg.prompt!r}: edit with "
                          f"the trained prompt, or train this one with another --index: {cfg.train_command()}")
     want = cfg.identity(source.sha256, model_fingerprint(cfg.model), models.run_identity(cfg.num_ddim_steps))
-    diff = {k: (sidecar.get(k), want[k]) for k in EDIT_KEYS if sidecar.get(k) != want[k]}
+    diff = {k: (sidecar.get(k, ADDED_KEYS.get(k)), want[k]) for k in EDIT_KEYS
+            if sidecar.get(k, ADDED_KEYS.get(k)) != want[k]}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()} "

@@ -71,6 +71,8 @@ class PieSettings:
     blend_from_brackets: bool = False
     replacement_rule: ReplacementRule = ReplacementRule.WORDS
     seed: int = 0
+    resolution: int | None = None  # None: the model's default size (512² for SD 1.x, PIE-Bench's size)
+    keep_aspect: bool = False
 
     @property
     def track(self) -> Track:
@@ -89,7 +91,7 @@ class PieSettings:
             prompt=case.source_prompt, image_path=str(case.source_file(data_path)), index=case.key, model=self.model,
             inversion=self.method, num_ddim_steps=self.num_ddim_steps, guidance_scale=self.guidance_scale,
             num_inner_steps=self.num_inner_steps, num_epoch=self.num_epoch, seed=self.seed,
-            model_dir=str(inversion_dir),
+            model_dir=str(inversion_dir), resolution=self.resolution, keep_aspect=self.keep_aspect,
         )
 
 
@@ -193,13 +195,13 @@ def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: 
     mask = annotation_mask(case) if settings.use_annotation_mask else None
     cfg = settings.invert_config(case, data_path, inversion_dir)
     inverted = invert(models, cfg, progress=False).trained
-    source = load_source(models, cfg.image_path, cfg.crop)
-    null = models.encode_text([""]).float()
+    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
+    null = models.encode_null()
     texts = models.encode_text([cfg.prompt, edit.target]).float()
     inv, _ = load_inversion(models, cfg, source, texts[:1], null)
     torch.manual_seed(settings.seed)
     z = edit_latents(models, inv, cfg.prompt, edit, settings.taus, texts, settings.num_ddim_steps,
-                     settings.guidance_scale, blend_mask=mask)
+                     settings.guidance_scale, blend_mask=mask, pooled=models.encode_pooled([cfg.prompt, edit.target]))
     images = models.decode_latent(z)
     with Image.open(cfg.image_path) as original:
         panels = four_panels(case, original.convert("RGB"), tensor_to_pil(images[0]), tensor_to_pil(images[1]))

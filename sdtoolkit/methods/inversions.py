@@ -45,9 +45,11 @@ def ddim_inversion(
     record: frozenset[str] = frozenset(),
     progress: bool = False,
     controller: AttentionController | None = None,
+    pooled: torch.Tensor | None = None,
 ) -> InversionTrace:
     """Run T DDIM steps forwards (guidance 1, conditional branch, docs/method.md §2), keeping latents and the maps
-    of ``record`` (or, instead, passing ``controller`` to every UNet call, e.g. an attention store)."""
+    of ``record`` (or, instead, passing ``controller`` to every UNet call, e.g. an attention store).
+    ``pooled``: SDXL's pooled embedding of the prompt (kept in the trace for training)."""
     num = schedule.num_steps
     latents = [z0.float()]
     maps: list[dict[str, torch.Tensor]] = [{} for _ in range(num)]
@@ -55,13 +57,14 @@ def ddim_inversion(
     with style_processors(models.unet):
         for i in tqdm(reversed(range(num)), total=num, desc="DDIM inversion", disable=not progress, leave=False):
             recorder = MapRecorder(record) if record else controller
-            eps = models.predict(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder))
+            eps = models.predict(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder),
+                             pooled)
             if record:
                 maps[i] = {k: v.detach() for k, v in recorder.maps.items()}
             z = inversion_step(schedule, i, z, eps)
             check_finite(z, "the inversion latent", i)
             latents.append(z)
-    return InversionTrace(latents, maps)
+    return InversionTrace(latents, maps, pooled)
 
 
 class Inversion(ABC):
@@ -98,6 +101,10 @@ class Inversion(ABC):
         """Conditional text embeddings (B, L, D) at sampling step i; ``texts[0]`` is the source prompt's."""
         return texts
 
+    def uncond_pooled(self, batch: int) -> torch.Tensor | None:
+        """SDXL's pooled embedding (B, P) of the unconditional branch; None: zeros (force_zeros_for_empty_prompt)."""
+        return None
+
     def value_states(self, i: int, texts: torch.Tensor, mapped: list[bool]) -> torch.Tensor | None:
         """Input of to_v in cross-attention (B, L, D) for the conditional branch, or None for the text."""
         return None
@@ -128,20 +135,29 @@ class NegativePromptInversion(Inversion):
 
     name = InversionMethod.NPI
 
-    def __init__(self, z_T: torch.Tensor, null: torch.Tensor, source_text: torch.Tensor) -> None:
+    def __init__(self, z_T: torch.Tensor, null: torch.Tensor, source_text: torch.Tensor,
+                 source_pooled: torch.Tensor | None = None) -> None:
         super().__init__(z_T, null)
         self.source_text = source_text
+        self.source_pooled = source_pooled  # (1, P) SDXL
 
     @classmethod
     def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
-        return cls(trace.latents[-1], null, text), None
+        return cls(trace.latents[-1], null, text, trace.pooled), None
 
     @classmethod
     def from_tensors(cls, tensors, null, source_text, num_steps):
-        return cls(tensors["z_T"].to(null.device), null, source_text)
+        pooled = tensors.get("source_pooled")
+        return cls(tensors["z_T"].to(null.device), null, source_text, None if pooled is None else pooled.to(null.device))
 
     def uncond(self, i: int, batch: int) -> torch.Tensor:
         return self.source_text.expand(batch, -1, -1)
+
+    def uncond_pooled(self, batch: int) -> torch.Tensor | None:
+        return None if self.source_pooled is None else self.source_pooled.expand(batch, -1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"z_T": self.z_T} | ({"source_pooled": self.source_pooled} if self.source_pooled is not None else {})
 
 
 @register

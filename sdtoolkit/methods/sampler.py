@@ -36,6 +36,7 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
     explicit: bool = False,
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample from z_T for a batch of prompts (B, L, D) with classifier-free guidance; returns z_0 (B, 4, h, w).
 
@@ -44,7 +45,8 @@ def sample(
     which branch runs. ``mapped(i)`` says per batch element whether the value path reads the learned input
     (default: all). The controller may blend latents after each step through ``step_callback(z, i)``.
     ``explicit`` materialises attention probabilities in every layer (the reference's cost, used by
-    benchmarks/bench.py; results equal up to float noise).
+    benchmarks/bench.py; results equal up to float noise). ``pooled`` (B, P): SDXL's pooled embeddings of ``texts``;
+    the unconditional branch's come from ``inversion.uncond_pooled``.
     """
     batch = texts.shape[0]
     z = inversion.z_T.expand(batch, -1, -1, -1).clone()
@@ -53,10 +55,10 @@ def sample(
             t = schedule.timesteps[i]
             use = mapped(i) if mapped is not None else [True] * batch
             uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
-            eps_u = models.predict(z, t, inversion.uncond(i, batch), uncond_call)
+            eps_u = models.predict(z, t, inversion.uncond(i, batch), uncond_call, inversion.uncond_pooled(batch))
             value = inversion.value_states(i, texts, use)
             cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
-            eps_c = models.predict(z, t, inversion.cond_texts(i, texts), cond_call)
+            eps_c = models.predict(z, t, inversion.cond_texts(i, texts), cond_call, pooled)
             z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
             if controller is not None:
                 z = controller.step_callback(z, i)

@@ -28,6 +28,7 @@ class InversionTrace:
 
     latents: list[torch.Tensor]
     maps: list[dict[str, torch.Tensor]]
+    pooled: torch.Tensor | None = None  # (1, P) SDXL's pooled embedding of the prompt, None for SD 1.x / 2.x
 
 
 @dataclass
@@ -82,13 +83,15 @@ def stylediffusion_loss(
     features: torch.Tensor,
     settings: TrainSettings,
     map_names: frozenset[str],
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss of M_i (docs/method.md §3): MSE(z̃_{t-1}, ẑ_{t-1}) + Σ_layers MSE(a, â) over ``map_names`` (none
     without the attention loss). ``eps_u`` is computed once per step by the caller; processors must be installed."""
     names = map_names if settings.w_attnloss else frozenset()
     recorder = MapRecorder(names) if names else None
     value = mapping.value_input(i, features, text)
-    eps_c = models.predict(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder))
+    eps_c = models.predict(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder),
+                       pooled)
     z_prev = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
     loss = F.mse_loss(z_prev, target)
     for name in names:
@@ -111,7 +114,8 @@ def train_mapping(
     close to the inversion's; then advance the current latent with the trained M_i."""
     num = schedule.num_steps
     names = frozenset(l.name for l in map_layers(models.layers()))
-    mapping = MappingNetworks(num, features.shape[1], models.max_length).to(models.device)
+    mapping = MappingNetworks(num, features.shape[1], models.max_length, features.shape[2], models.text_width)
+    mapping = mapping.to(models.device)
     text = text.float()
     log = TrainLog()
     total = settings.num_epoch * sum(inner_steps(settings.num_inner_steps, i) for i in range(num))
@@ -129,12 +133,12 @@ def train_mapping(
                 with torch.no_grad():
                     eps_u = models.predict(z, t, null, AttnCall(i, Branch.UNCOND))
                 step_loss = lambda: stylediffusion_loss(models, schedule, mapping, i, z, eps_u, target, gt, text,  # noqa: E731
-                                                        features, settings, names)
+                                                        features, settings, names, trace.pooled)
                 log.iterations.append(optimise_step(step_loss, optimizer, i, inner_steps(settings.num_inner_steps, i),
                                                     settings.early_stop, bar, num, "the training loss"))
                 with torch.no_grad():
                     value = mapping.value_input(i, features, text)
-                    eps_c = models.predict(z, t, text, AttnCall(i, Branch.COND, value_states=value))
+                    eps_c = models.predict(z, t, text, AttnCall(i, Branch.COND, value_states=value), trace.pooled)
                     z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
                 check_finite(z, "the current latent", i)
     bar.close()
@@ -165,6 +169,7 @@ def train_embeddings(
     per_step = []
     log = TrainLog()
     what = "null-text" if branch is Branch.UNCOND else "text-embedding"
+    pooled = {Branch.COND: trace.pooled, Branch.UNCOND: None}  # SDXL: the prompt's pooled embedding / zeros
     bar = tqdm(total=num * settings.num_inner_steps, desc=f"{what} inversion", disable=not progress)
 
     def guided(eps_learned: torch.Tensor, eps_fixed: torch.Tensor) -> torch.Tensor:
@@ -180,10 +185,10 @@ def train_embeddings(
             learned = learned.detach().requires_grad_(True)
             optimizer = torch.optim.Adam([learned], lr=learning_rate(i))
             with torch.no_grad():
-                eps_fixed = models.predict(z, t, fixed, AttnCall(i, other))
+                eps_fixed = models.predict(z, t, fixed, AttnCall(i, other), pooled[other])
 
             def step_loss() -> torch.Tensor:
-                eps = models.predict(z, t, learned, AttnCall(i, branch))
+                eps = models.predict(z, t, learned, AttnCall(i, branch), pooled[branch])
                 return F.mse_loss(sample_step(schedule, i, z, guided(eps, eps_fixed)), target)
 
             log.iterations.append(optimise_step(step_loss, optimizer, i, settings.num_inner_steps, settings.early_stop,
@@ -191,7 +196,7 @@ def train_embeddings(
             learned = learned.detach()
             per_step.append(learned.clone())
             with torch.no_grad():
-                eps = models.predict(z, t, learned, AttnCall(i, branch))
+                eps = models.predict(z, t, learned, AttnCall(i, branch), pooled[branch])
                 z = sample_step(schedule, i, z, guided(eps, eps_fixed))
             check_finite(z, "the current latent", i)
     bar.close()
