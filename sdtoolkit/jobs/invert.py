@@ -118,15 +118,16 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress,
                            pooled=pooled)
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
-    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start)
+    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start, text=text)
 
 
 def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
-                   elapsed: float, extra: dict | None = None) -> InvertResult:
+                   elapsed: float, extra: dict | None = None, text: torch.Tensor | None = None) -> InvertResult:
     """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
-    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``."""
+    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``.
+    ``text``: the prompt's embedding when the caller has it (encoded once)."""
     schedule = models.schedule(cfg.num_ddim_steps)
-    text = models.encode_text([cfg.prompt]).float()
+    text = models.encode_text([cfg.prompt]).float() if text is None else text
     pooled = models.encode_pooled([cfg.prompt])
     plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale,
                    pooled=pooled)
