@@ -123,9 +123,9 @@ def measure(models: SDModels, reference: bool, iters: int, warmup: int, steps: i
     names = frozenset(l.name for l in map_layers(models.layers()))
     with torch.no_grad(), style_processors(models.unet):
         rec = MapRecorder(names)
-        models.eps(z0, schedule.timesteps[0], text, AttnCall(0, Branch.COND, controller=rec))
+        models.predict(z0, schedule.timesteps[0], text, AttnCall(0, Branch.COND, controller=rec))
         gt = {k: v.detach() for k, v in rec.maps.items()}
-        eps_u = models.eps(z0, schedule.timesteps[0], null, AttnCall(0, Branch.UNCOND))
+        eps_u = models.predict(z0, schedule.timesteps[0], null, AttnCall(0, Branch.UNCOND))
     optimizer = torch.optim.Adam(mapping.nets[0].parameters(), lr=learning_rate(0))
     if reference:
         models.image_encoder.requires_grad_(True)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     rows = {}
     for name, reference, dtype in (("(a) reference cost", True, torch.float32),
-                                   ("(b) default", False, resolve_dtype(args.dtype, device))):
+                                   ("(b) default", False, resolve_dtype(args.dtype))):
         models = get_models(args, dtype)
         torch.manual_seed(0)
         rows[name] = {"dtype": str(dtype).replace("torch.", ""),

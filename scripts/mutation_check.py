@@ -43,12 +43,12 @@ class Mutant:
 MUTANTS: tuple[Mutant, ...] = (
     # the seven of issue 15
     Mutant("inversion_step moves from alpha_t[i-1]", "sdtoolkit/core/ddim.py",
-           "return ddim_transfer(z, eps, schedule.alpha_prev[i], schedule.alpha_t[i])",
-           "return ddim_transfer(z, eps, schedule.alpha_t[i - 1], schedule.alpha_t[i])",
+           "return ddim_transfer(z, model_output, schedule.alpha_prev[i], schedule.alpha_t[i], schedule.prediction_type)",
+           "return ddim_transfer(z, model_output, schedule.alpha_t[i - 1], schedule.alpha_t[i], schedule.prediction_type)",
            ("tests/test_ddim.py", PINNED)),
     Mutant("DDIM inversion predicts eps at timesteps[i+1]", "sdtoolkit/methods/inversions.py",
-           "eps = models.eps(z, schedule.timesteps[i], text,",
-           "eps = models.eps(z, schedule.timesteps[min(i + 1, num - 1)], text,",
+           "eps = models.predict(z, schedule.timesteps[i], text,",
+           "eps = models.predict(z, schedule.timesteps[min(i + 1, num - 1)], text,",
            (PINNED,)),
     Mutant("LocalBlend: intersection of the word masks", "sdtoolkit/control/controllers.py",
            "return masks.any(dim=0, keepdim=True).float()", "return masks.all(dim=0, keepdim=True).float()",
@@ -69,8 +69,8 @@ MUTANTS: tuple[Mutant, ...] = (
            (PINNED,)),
     # more of our own
     Mutant("guidance sign flipped", "sdtoolkit/core/ddim.py",
-           "return eps_uncond + guidance_scale * (eps_cond - eps_uncond)",
-           "return eps_cond + guidance_scale * (eps_uncond - eps_cond)",
+           "return uncond + guidance_scale * (cond - uncond)",
+           "return cond + guidance_scale * (uncond - cond)",
            (PINNED,)),
     Mutant("LocalBlend threshold 0.5", "sdtoolkit/control/controllers.py",
            "threshold: float = 0.3", "threshold: float = 0.5",

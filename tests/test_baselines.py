@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 CAT = str(REPO / "example_images" / "cat.jpg")
 COMMON = ["--index", "2", "--prompt", "a cat sitting on a rug", "--image_path", CAT, "--model", "tiny",
           "--num_ddim_steps", "4", "--inversion", "npi", "--model_dir", "m"]
-EDIT = ["--is_train", "", "--target", "a dog sitting on a rug", "--tau_u", "[.5,]"]
+EDIT = ["--is_train", "", "--target", "a dog sitting on a rug", "--tau_v", "[.5,]", "--tau_s", "[.6,]", "--tau_u", "[.5,]"]
 STEM = "tau_v0.5-tau_c0.6-tau_s0.6-tau_u0.5"
 
 

@@ -19,10 +19,12 @@ from unittest.mock import ANY
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdtoolkit.cli import stylediffusion_csv
 from sdtoolkit.evaluation import storemask
+from sdtoolkit.jobs.cases import read_cases
 from sdtoolkit.cli import flags as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -272,6 +274,28 @@ def test_case_range_selects_nothing(tmp_path, capsys):
                                  "--end_case", "12", *FAST], capsys), "--from_case 10", "--end_case 12", "selects no case")
 
 
+def test_end_case_is_exclusive_as_the_reference(tmp_path, monkeypatch, capsys):
+    """Reference behaviour: rows with from_case <= case_number < end_case run (``--from_case 1 --end_case 2``
+    runs case 1 only); the masks and NS-LPIPS read the same range."""
+    from sdtoolkit.jobs import invert as invert_job
+
+    header, rows = data_rows("stylediffusion_prompts.csv", [0, 1, 2])
+    train_csv = write_csv(tmp_path / "train.csv", header, absolute_images(rows))
+    seen = []
+
+    def fake_invert(models, cfg, overwrite=False, progress=True):
+        seen.append(cfg.index)
+        return invert_job.InvertResult(cfg.path(), trained=False)
+
+    monkeypatch.setattr(invert_job, "invert", fake_invert)
+    rc, out, _ = run_csv(["--is_train", "True", "--prompts_path", str(train_csv), "--from_case", "1", "--end_case", "2",
+                          *FAST, "--model_dir", str(tmp_path)], capsys)
+    assert rc == 0 and seen == ["1"]
+    assert summary(out) == (0, 1, 0, 1)
+    assert list(read_cases(str(train_csv), ("case_number",), 1, 3)["case_number"]) == ["1", "2"]
+    assert list(read_cases(str(train_csv), ("case_number",), None, 1)["case_number"]) == ["0"]
+
+
 # ----------------------------------------------------------------- 4. prompts are text, never shell code
 
 def test_shell_metacharacters_in_prompt_are_plain_text(tmp_path, monkeypatch, capsys):
@@ -336,6 +360,39 @@ def test_attention_mask_range(tiny):
     # source pixel centre (nearest is 1/32 px off in x and y), so the max is >= (31/32)² of 1, not exactly 1
     assert float(mask.max()) >= (31 / 32) ** 2 - 1e-6
     assert float(mask.max()) - float(mask.min()) > 0  # not a constant map
+
+
+def test_reference_mode_background_mask_of_a_hand_made_map():
+    """Reference mask script: 255 · map / max, truncated to uint8, resized to 256 by PIL's default (bicubic) on
+    the RGB image, background = 255 − foreground."""
+    amap = torch.zeros(16, 16)
+    amap[4:9, 6:12] = torch.linspace(0.1, 0.7, 30).reshape(5, 6)
+    amap[0, 0] = 0.05
+    fg, bg = storemask.reference_masks(amap)
+    values = 255 * amap.numpy() / 0.7  # float32, as the reference computes it
+    u8 = values.astype(np.uint8)  # truncation: 0.1 / 0.7 · 255 = 36.43 → 36
+    assert u8[4, 6] == 36 and u8[8, 11] == 255
+    expected_fg = np.asarray(Image.fromarray(np.stack([u8] * 3, axis=-1)).resize((256, 256)))
+    assert np.array_equal(np.asarray(fg), expected_fg)
+    assert np.array_equal(np.asarray(bg), 255 - expected_fg)
+    assert fg.size == bg.size == (256, 256) and bg.mode == "RGB"
+
+
+def test_reference_mode_token_and_heads():
+    """Reference mask script: token = index of the first blend word among the space-separated words + 1 (only the
+    first word), and its batch-of-one store keeps heads h//2 … h−1 (``attn[h // 2:]``)."""
+    from sdtoolkit.control.controllers import AttentionStore
+    from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo
+
+    assert storemask.reference_token("a close-up photo of a cat", ("cat", "photo")) == 6
+    with pytest.raises(ValueError, match="dog"):
+        storemask.reference_token("a close-up photo of a cat", ("dog",))
+    layer = LayerInfo(name="down.cross", place="down", is_cross=True, resolution=16)
+    probs = torch.arange(8.0).view(1, 8, 1, 1).expand(1, 8, 256, 77).clone()  # head k holds the value k
+    for upper, mean in ((True, 5.5), (False, 3.5)):
+        store = AttentionStore([layer], upper_heads=upper)
+        store.store(probs, layer, AttnCall(0, Branch.COND))
+        assert torch.allclose(store.average(), torch.full((1, 16, 16, 77), mean))
 
 
 def test_storemask_masks_and_failing_case(tmp_path, capsys):

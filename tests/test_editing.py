@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sdtoolkit.jobs import edit as jobs
-from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo
+import torch.nn.functional as F
+
+from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo, map_layers
 from sdtoolkit.core.settings import EditConfig, Taus
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import load_inversion, load_source
@@ -209,8 +211,10 @@ def test_tau_v_switches_the_target_value_path(p2plus_run, setup):
             assert torch.equal(values[1], setup.tgt_text[0])
 
 
-@pytest.mark.parametrize("tau_v", [0.0, 0.2, 0.5, 0.6, 0.8, 1.0])
-def test_tau_v_flags_switch_at_int_tau_v_T(monkeypatch, setup, tau_v):
+@pytest.mark.parametrize("tau_v, mapped_steps", [(0.0, 0), (0.2, 6), (0.5, 15), (0.55, 17), (0.6, 18), (0.8, 24),
+                                                 (1.0, 30)])
+def test_tau_v_maps_steps_below_T_tau_v_as_the_reference(monkeypatch, setup, tau_v, mapped_steps):
+    """Reference behaviour: the value input is mapped while ``i < T·tau_v`` (float), so .55 × 30 → 17 steps."""
     seen = {}
 
     def fake_sample(models, schedule, inv, texts, mapped, guidance_scale, controller, **kwargs):
@@ -221,5 +225,49 @@ def test_tau_v_flags_switch_at_int_tau_v_T(monkeypatch, setup, tau_v):
     edit = EditConfig(target=TARGET)
     texts = torch.cat([setup.src_text, setup.tgt_text])
     edit_latents(setup.models, setup.inv, setup.cfg.prompt, edit, Taus(tau_v, 0.6, 0.6, 0.0), texts, T, 7.5)
-    switch = int(tau_v * T)
-    assert seen == {i: [True, i < switch] for i in range(T)}
+    assert seen == {i: [True, i < mapped_steps] for i in range(T)}
+
+
+def test_local_blend_mask_is_built_from_the_edited_maps(setup):
+    """Reference / prompt-to-prompt behaviour: the attention store keeps the tensor the edit then overwrites in
+    place, so with cross-attention replacement active (tau_c = 1) the target's maps that LocalBlend averages are
+    the source's maps through the aligner, times the equalizer — not the target's own maps."""
+    edit = EditConfig(target=TARGET, blend_word=(("cat",), ("tiger",)), eq_params=(("tiger",), (2.0,)))
+    _, capture = _run(setup, edit, Taus(0.5, 1.0, 0.6, 0.0), setup.tgt_text, threshold=0.95)
+    tok = setup.models.tokenizer
+    names = sorted(l.name for l in map_layers(setup.models.layers()))
+    cat, tiger = find_word_tokens(setup.cfg.prompt, "cat", tok), find_word_tokens(TARGET, "tiger", tok)
+    sums: dict[str, torch.Tensor] = {}
+    checked = 0
+    for step, _, _, mask in capture.blend:
+        for name in names:
+            edited = capture.cond_cross[(step, name)]  # (2, h, Q, K) as the controller returned them
+            torch.testing.assert_close(edited[1][..., tiger], 2.0 * edited[0][..., cat])  # aligner × equalizer
+            sums[name] = sums.get(name, 0) + edited.float().mean(dim=1)
+        if mask is None:
+            continue
+        maps = torch.stack([sums[n] for n in names], dim=1).mean(dim=1)  # (2, Q, K): mean over layers
+        words = torch.stack([maps[0][:, cat].sum(-1), maps[1][:, tiger].sum(-1)])  # (2, Q)
+        res = int(words.shape[1] ** 0.5)
+        words = F.max_pool2d(words.reshape(2, 1, res, res), 3, 1, 1)
+        words = F.interpolate(words, size=mask.shape[2:])
+        words = words / words.amax(dim=(2, 3), keepdim=True)
+        expected = words.gt(0.95).any(dim=0, keepdim=True).float()
+        assert torch.equal(mask, expected), step
+        checked += 1
+    assert checked == T - int(0.2 * T)
+
+
+@pytest.mark.parametrize("tau, cross_steps, self_steps", [(0.5, 15, 15), (0.55, 17, 16), (0.6, 18, 18), (0.8, 24, 24),
+                                                          (1.0, 30, 30), (0.2, 6, 6)])
+def test_tau_c_tau_s_tau_u_step_counts_as_the_reference(setup, tau, cross_steps, self_steps):
+    """Reference behaviour (as prompt-to-prompt): cross-attention is replaced at steps i < int(tau_c·(T+1))
+    (``get_time_words_attention_alpha`` has T+1 rows), conditional / unconditional self-attention at steps
+    i < int(T·tau_s) / int(T·tau_u). Unlike tau_v (float ``i < T·tau_v``): .55 gives 17 cross, 16 self steps."""
+    edit = EditConfig(target=TARGET)
+    controller = build_controller(setup.models, setup.cfg.prompt, edit, T, Taus(0.5, tau, tau, tau))
+    assert [i for i in range(T) if controller.cross_active(i)] == list(range(cross_steps))
+    layers = setup.models.layers()
+    self_layer = next(l for l in layers if not l.is_cross and l.resolution <= setup.models.latent_size // 2)
+    for branch in (Branch.COND, Branch.UNCOND):
+        assert [i for i in range(T) if controller.wants_probs(self_layer, AttnCall(i, branch))] == list(range(self_steps))

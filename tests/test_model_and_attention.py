@@ -1,6 +1,7 @@
 """Attention processors on a real diffusers UNet (the tiny model), model loading, and where encoders run."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sdtoolkit.methods.sampler import latent_mse, sample
 from sdtoolkit.core.settings import EditConfig, InvertConfig
 from sdtoolkit.jobs.edit import run_edit
 from sdtoolkit.jobs.invert import invert, load_source
-from sdtoolkit.core.models import load_models
+from sdtoolkit.core.models import TOY_MODEL_DIR, load_models, save_pipeline_folder
 
 CAT = str(Path(__file__).resolve().parent.parent / "example_images" / "cat.jpg")
 
@@ -69,7 +70,7 @@ def test_style_processor_matches_diffusers_default(tiny, default):
     finally:
         tiny.unet.set_attn_processor(previous)
     with style_processors(tiny.unet):
-        ours = tiny.eps(z, t, text, AttnCall(step=0, branch=Branch.COND))
+        ours = tiny.predict(z, t, text, AttnCall(step=0, branch=Branch.COND))
         ours_no_call = _plain_unet(tiny, z, t, text)  # processors also work without call state
     assert ref.abs().max() > 0.01
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
@@ -79,11 +80,11 @@ def test_style_processor_matches_diffusers_default(tiny, default):
 def test_fused_and_explicit_attention_agree(tiny):
     z, t, text = _inputs(tiny, seed=2)
     with style_processors(tiny.unet):
-        fused = tiny.eps(z, t, text, AttnCall(3, Branch.COND))
-        explicit = tiny.eps(z, t, text, AttnCall(3, Branch.COND, explicit=True))
+        fused = tiny.predict(z, t, text, AttnCall(3, Branch.COND))
+        explicit = tiny.predict(z, t, text, AttnCall(3, Branch.COND, explicit=True))
         # a controller that only observes also leaves the output unchanged
         recorder = MapRecorder(frozenset(l.name for l in map_layers(tiny.layers())))
-        observed = tiny.eps(z, t, text, AttnCall(3, Branch.COND, controller=recorder))
+        observed = tiny.predict(z, t, text, AttnCall(3, Branch.COND, controller=recorder))
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
     torch.testing.assert_close(observed, fused, atol=1e-5, rtol=0)
     assert set(recorder.maps) == {l.name for l in map_layers(tiny.layers())}
@@ -96,9 +97,9 @@ def test_value_path_identity_modulation_is_exact(tiny):
     z, t, text = _inputs(tiny, seed=3)
     scale, shift = torch.ones_like(text), torch.zeros_like(text)
     with style_processors(tiny.unet):
-        plain = tiny.eps(z, t, text, AttnCall(0, Branch.COND))
-        same = tiny.eps(z, t, text, AttnCall(0, Branch.COND, value_states=text * scale + shift))
-        other = tiny.eps(z, t, text, AttnCall(0, Branch.COND, value_states=text * 2.0 + 0.5))
+        plain = tiny.predict(z, t, text, AttnCall(0, Branch.COND))
+        same = tiny.predict(z, t, text, AttnCall(0, Branch.COND, value_states=text * scale + shift))
+        other = tiny.predict(z, t, text, AttnCall(0, Branch.COND, value_states=text * 2.0 + 0.5))
     assert torch.equal(same, plain)
     assert (other - plain).abs().max() > 1e-3  # the value path does reach the output
 
@@ -109,8 +110,8 @@ def test_value_path_changes_values_not_keys(tiny):
     names = frozenset(l.name for l in tiny.layers() if l.is_cross)
     a, b = MapRecorder(names), MapRecorder(names)
     with style_processors(tiny.unet):
-        tiny.eps(z, t, text, AttnCall(0, Branch.COND, controller=a))
-        tiny.eps(z, t, text, AttnCall(0, Branch.COND, value_states=text * 3.0 - 1.0, controller=b))
+        tiny.predict(z, t, text, AttnCall(0, Branch.COND, controller=a))
+        tiny.predict(z, t, text, AttnCall(0, Branch.COND, value_states=text * 3.0 - 1.0, controller=b))
     first = next(l.name for l in tiny.layers() if l.is_cross)  # sees the same hidden states in both calls
     assert first.startswith("down_blocks.0.")
     assert not torch.allclose(a.maps[sorted(names)[-1]], b.maps[sorted(names)[-1]])  # later layers do change
@@ -153,9 +154,9 @@ def test_saved_pipeline_folder_loads_with_same_unet_output(tiny, tiny_folder):
     text = tiny.encode_text([PROMPT, ""])
     assert torch.equal(loaded.encode_text([PROMPT, ""]), text)
     with style_processors(tiny.unet):
-        ref = tiny.eps(z, t, text, AttnCall(0, Branch.COND))
+        ref = tiny.predict(z, t, text, AttnCall(0, Branch.COND))
     with style_processors(loaded.unet):
-        out = loaded.eps(z, t, text, AttnCall(0, Branch.COND))
+        out = loaded.predict(z, t, text, AttnCall(0, Branch.COND))
     assert torch.equal(out, ref)
     x = load_source(tiny, CAT).x
     assert torch.equal(loaded.image_features(x), tiny.image_features(x))
@@ -225,3 +226,32 @@ def test_encoders_run_once_and_never_inside_the_denoising_loop(tiny, tmp_path, m
     assert image.calls == 0  # features are saved with the mapping networks
     assert unet.calls == 2 * 5  # one unconditional and one conditional pass per step
     assert set(text_calls) == {3}
+
+
+def test_loader_schedule_runs_the_reference_timesteps_tiny_and_toy(tiny):
+    """Reference behaviour: its pipeline runs steps_offset 1 (958 … 1 for T = 30), for every loaded model."""
+    assert tiny.scheduler_config is None
+    assert tiny.schedule(30).timesteps[0] == 958 and tiny.schedule(30).timesteps[-1] == 1
+    toy = json.loads((TOY_MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())
+    assert toy["steps_offset"] == 1
+    loaded = load_models("toy", device="cpu", dtype="fp32")
+    assert loaded.scheduler_config["steps_offset"] == 1
+    assert loaded.schedule(30).timesteps == tiny.schedule(30).timesteps
+    assert loaded.run_identity(30)["steps_offset"] == 1
+
+
+def test_loader_reads_the_folders_scheduler_config(tiny, tmp_path):
+    """A folder's prediction type reaches the schedule; its steps_offset 0 becomes 1 as in the pipeline."""
+    folder = save_pipeline_folder(tiny, tmp_path / "sd")
+    cfg_file = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(steps_offset=0, prediction_type="v_prediction")
+    cfg_file.write_text(json.dumps(cfg))
+    loaded = load_models(str(folder), device="cpu", dtype="fp32")
+    with pytest.warns(UserWarning, match="steps_offset 0"):
+        schedule = loaded.schedule(50)
+    assert schedule.timesteps[0] == 981 and schedule.timesteps[-1] == 1
+    assert schedule.prediction_type.value == "v_prediction"
+    cfg_file.write_text("{not json")
+    with pytest.raises(UsageError, match="scheduler_config.json"):
+        load_models(str(folder), device="cpu", dtype="fp32")

@@ -119,6 +119,7 @@ def workspace(tmp_path: Path) -> dict[str, Path]:
     for seed, (case, prompt, target) in enumerate(CASES):
         image = random_image(10 + seed)
         to_png(image, folders["input"] / case_filename(case, prompt))
+        to_png(image, folders["input"] / case_filename(case, prompt, ".jpg"))  # what --mode reference reads
         to_png(paste(image, random_image(20 + seed), half_mask()), folders["ours"] / case_filename(case, target))
         to_png(half_mask(), folders["bgmask"] / case_filename(case, prompt))
     table = pd.DataFrame(
@@ -161,7 +162,7 @@ def test_cli_end_to_end_as_script(workspace: dict[str, Path]) -> None:
 
 def test_cli_writes_csv_and_prints_count(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = workspace["root"] / "scores.csv"
-    assert main(cli_args(workspace, "--out", str(out), "--from_case", "7", "--end_case", "7")) == 0
+    assert main(cli_args(workspace, "--out", str(out), "--from_case", "7", "--end_case", "8")) == 0
     stdout = capsys.readouterr().out
     assert "scored 1 of 1 cases" in stdout and "mode: corrected" in stdout
     table = pd.read_csv(out)
@@ -200,3 +201,33 @@ def test_empty_csv_and_empty_case_range_exit_2(workspace: dict[str, Path], capsy
     workspace["csv"].write_text("")
     assert main(cli_args(workspace)) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_reference_mode_loads_as_the_published_script(tmp_path: Path) -> None:
+    """Reference behaviour: ``transforms.Resize((256, 256))`` + ``ToTensor()`` on PIL images (bilinear), the mask
+    read as RGB and made gray on the tensor by ``transforms.Grayscale()``."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(tmp_path / "in.jpg")
+    Image.fromarray(rng.integers(0, 256, (300, 310, 3), dtype=np.uint8)).save(tmp_path / "ed.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "mask.png")
+    published = transforms.Compose([transforms.Resize((256, 256)), transforms.ToTensor()])
+
+    def read(path: Path) -> torch.Tensor:
+        return published(Image.open(path).convert("RGB"))
+
+    source, edited, bg = load_case_images(tmp_path / "in.jpg", tmp_path / "ed.png", tmp_path / "mask.png", "reference")
+    torch.testing.assert_close(source, read(tmp_path / "in.jpg"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(edited, read(tmp_path / "ed.png"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(bg, transforms.Grayscale()(read(tmp_path / "mask.png")), atol=1e-5, rtol=0)
+    corrected = load_case_images(tmp_path / "in.jpg", tmp_path / "ed.png", tmp_path / "mask.png")
+    assert (corrected[0] - source).abs().max() > 0.01  # the corrected mode resizes bicubically
+
+
+def test_reference_mode_reads_jpg_inputs(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    jpg = workspace["input"] / case_filename(3, "a photo of a cat", ".jpg")
+    jpg.unlink()
+    assert main(cli_args(workspace, "--mode", "reference", "--allow_missing")) == 0
+    captured = capsys.readouterr()
+    assert str(jpg) in captured.err and "scored 1 of 2 cases" in captured.out

@@ -1,4 +1,5 @@
-"""p2plus.py edits generated images: one folder per seed, files named by the tau values."""
+"""p2plus.py edits generated images: one folder per seed, files named by the tau values (defaults tau_c .8,
+tau_s .4: the reference p2plus.py's)."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,8 @@ def test_p2plus_writes_an_edit_per_seed_and_combination(tmp_path):
     assert cli.run_main(p2plus.main, argv) == 0
     for seed in (0, 1):
         names = sorted(p.name for p in (tmp_path / f"{seed} a photo of a tiger").glob("*.png"))
-        assert names == ["edited_img-tau_c0.6-tau_s0.6-tau_u0.0.png", "edited_img-tau_c0.6-tau_s0.6-tau_u0.5.png",
-                         "grid_img-tau_c0.6-tau_s0.6-tau_u0.0.png", "grid_img-tau_c0.6-tau_s0.6-tau_u0.5.png"]
+        assert names == ["edited_img-tau_c0.8-tau_s0.4-tau_u0.0.png", "edited_img-tau_c0.8-tau_s0.4-tau_u0.5.png",
+                         "grid_img-tau_c0.8-tau_s0.4-tau_u0.0.png", "grid_img-tau_c0.8-tau_s0.4-tau_u0.5.png"]
 
 
 @pytest.mark.parametrize("seed", ["[-1]", "x", "[0.5]"])

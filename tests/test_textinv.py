@@ -98,7 +98,7 @@ def test_stylediffusion_py_trains_reports_and_edits_on_the_tiny_model(tmp_path):
     assert edit.returncode == 0, edit.stderr[-2000:]
     folder = tmp_path / "out" / "1 a dog sitting on a rug"
     assert sorted(p.name for p in folder.glob("*.png")) == [
-        "edited_img-tau_v0.5-tau_c0.6-tau_s0.6-tau_u0.0.png", "grid_img-tau_v0.5-tau_c0.6-tau_s0.6-tau_u0.0.png"]
+        "edited_img-tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5.png", "grid_img-tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5.png"]  # CLI defaults (the reference's)
 
 
 def test_stylediffusion_py_trains_reports_and_edits_on_the_toy_model(tmp_path, monkeypatch, capsys):

@@ -228,6 +228,6 @@ def test_results_made_with_other_weights_are_refused(tiny, trained, tmp_path):
     data["model_fingerprint"] = "other-weights"
     side.write_text(json.dumps(data))
     with pytest.raises(UsageError, match="model_fingerprint"):
-        existing_result(cfg, data["image_sha256"], overwrite=False)
+        existing_result(cfg, data["image_sha256"], overwrite=False, run=tiny.run_identity(cfg.num_ddim_steps))
     with pytest.raises(UsageError, match="model_fingerprint"):
         run_edit(tiny, cfg, EditConfig(target="a dog sitting on a rug", outdir=str(tmp_path / "out")), progress=False)

@@ -114,7 +114,7 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
                            help="keep the image's aspect: short side --resolution, long side rounded to the model's "
                            "multiple (64 px for SD, 32 px for SDXL)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    group.add_argument("--dtype", default="auto", help="auto (= fp32, as the reference), fp32, bf16, fp16")
     if compile_flag:
         group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
     group.add_argument("--vae_tiling", action="store_true", help="decode/encode the VAE in tiles (less memory at 1024²)")
@@ -143,11 +143,12 @@ def load_kwargs(args: argparse.Namespace) -> dict:
     return out
 
 
-def add_attention_flags(group, tau_u_default: str) -> None:
-    """The prompt-to-prompt / P2Plus flags shared by the editing CLIs (argparse parser or group)."""
-    group.add_argument("--tau_c", default="[.6,]", help="cross-attention replacement fractions")
-    group.add_argument("--tau_s", default="[.6,]", help="conditional self-attention replacement fractions")
-    group.add_argument("--tau_u", default=tau_u_default, help="unconditional self-attention replacement fractions (P2Plus)")
+def add_attention_flags(group, tau_c: str, tau_s: str, tau_u: str) -> None:
+    """The prompt-to-prompt / P2Plus flags shared by the editing CLIs (argparse parser or group); the defaults
+    are each CLI's reference script's (README "Differences from the reference scripts")."""
+    group.add_argument("--tau_c", default=tau_c, help="cross-attention replacement fractions")
+    group.add_argument("--tau_s", default=tau_s, help="conditional self-attention replacement fractions")
+    group.add_argument("--tau_u", default=tau_u, help="unconditional self-attention replacement fractions (P2Plus)")
     group.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
     group.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
 

@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
     p.add_argument("--prompt", required=True, help="source prompt")
     p.add_argument("--target", required=True, help="target prompt")
-    p.add_argument("--seed", default="[0,]", help="seeds, e.g. [0,1,2] or 0,1")
-    cli.add_attention_flags(p, tau_u_default="[.5,]")
+    p.add_argument("--seed", default="[2720,]", help="seeds, e.g. [0,1,2] or 0,1 (default: the reference's)")
+    cli.add_attention_flags(p, tau_c="[.8,]", tau_s="[.4,]", tau_u="[.5,]")  # the reference p2plus.py's defaults
     p.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
     cli.add_model_flags(p, compile_flag=False, image_encoder=False)
     p.add_argument("--num_ddim_steps", type=int, default=50)

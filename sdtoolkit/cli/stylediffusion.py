@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     cli.add_model_flags(g)
     g = p.add_argument_group("training")
-    g.add_argument("--num_ddim_steps", type=int, default=30)
+    g.add_argument("--num_ddim_steps", type=int, default=None,
+                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts)")
     g.add_argument("--guidance_scale", type=float, default=7.5)
     g.add_argument("--num_inner_steps", type=int, default=None,
                    help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and textinv)")
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a result trained with other settings")
     g = p.add_argument_group("editing")
     g.add_argument("--target", default=None, help="target prompt")
-    g.add_argument("--tau_v", default="[.5,]", help="fractions of steps with M_t on the target's value path")
-    cli.add_attention_flags(g, tau_u_default="[.0,]")
+    # the reference stylediffusion.py's defaults; its README recommends .5/.6/.6/0 (README "Recommended settings")
+    g.add_argument("--tau_v", default="[.6,]", help="fractions of steps with M_t on the target's value path")
+    cli.add_attention_flags(g, tau_c="[.6,]", tau_s="[.8,]", tau_u="[.5,]")
     g.add_argument("--blend_mask", default=None, metavar="PATH",
                    help="mask image (white = may change, cropped/resized as the input) used instead of the blend "
                         "words' attention mask by LocalBlend")
@@ -67,10 +69,11 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         raise UsageError("--baselines adds a row to edit grids: use it with --is_train '' and --edit_type "
                          "Replacement or Refinement")
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
-    checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
+    steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
+    checks.check_counts(inner, args.num_epoch, steps)
     inv = InvertConfig(
         prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=inversion,
-        num_ddim_steps=args.num_ddim_steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
         attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir, resolution=args.resolution,
         keep_aspect=args.keep_aspect,
@@ -96,16 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.jobs.edit import run_edit
     from sdtoolkit.jobs.invert import existing_result, invert
 
-    if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite):
+    models = load_models(inv_cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
+    run = models.run_identity(inv_cfg.num_ddim_steps)
+    if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite, run):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")
         return 0
-    models = load_models(inv_cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
     if args.is_train:
         result = invert(models, inv_cfg, overwrite=args.overwrite)
         rec = result.sidecar["reconstruction"]
         print(f"saved {result.path} and {result.path.with_suffix('.json')}")
         print(f"latent MSE to z_0 with guidance {inv_cfg.guidance_scale}: plain DDIM {rec['ddim_cfg_latent_mse']:.4g}, "
               f"{inv_cfg.inversion} {rec['trained_latent_mse']:.4g}; {result.sidecar['elapsed_seconds']:.1f} s")
+        if result.sidecar["worse_than_ddim"]:
+            print(f"WARNING: the trained {inv_cfg.inversion} reconstructs worse than plain DDIM inversion (marked "
+                  "worse_than_ddim in the sidecar); train with more --num_inner_steps")
         return 0
     files = run_edit(models, inv_cfg, edit_cfg)
     print(f"wrote {len(files)} files under {files[0].parent if files else edit_cfg.outdir}")

@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts_path", default="./data/stylediffusion_prompts.csv", help="the CSV")
     p.add_argument("--save_path", default="stylediffusion-results", help="edits go to {save_path}/{csv stem}/")
     p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
-    p.add_argument("--end_case", type=int, default=None, help="last case_number (inclusive)")
+    p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
     cli.add_model_flags(p)
-    p.add_argument("--num_ddim_steps", type=int, default=30)
+    p.add_argument("--num_ddim_steps", type=int, default=None,
+                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts)")
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext, textinv)")
     p.add_argument("--num_epoch", type=int, default=1)
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     model = checks.model_id(args.model, args.sd_version)
     inversion = InversionMethod(args.inversion)
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
-    checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
+    steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
+    checks.check_counts(inner, args.num_epoch, steps)
     editing = not args.is_train
     df = read_cases(args.prompts_path, EDIT_COLUMNS if editing else TRAIN_COLUMNS, args.from_case, args.end_case)
     rows = parse_rows(df, args, editing)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(model, device, args.dtype, **cli.load_kwargs(args))
     template = InvertConfig(
         prompt="", image_path="", model=model, inversion=inversion,
-        num_ddim_steps=args.num_ddim_steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
         model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect,
     )
@@ -135,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             checks.check_image(cfg.image_path)
             if not editing:
                 res = invert(models, cfg, overwrite=args.overwrite, progress=False)
-                results.append((row.case, "done", str(res.path)) if res.trained else (row.case, "skipped", "already trained"))
+                if not res.trained:
+                    results.append((row.case, "skipped", "already trained"))
+                else:
+                    warn = " — WARNING: reconstructs worse than plain DDIM" if res.sidecar["worse_than_ddim"] else ""
+                    results.append((row.case, "done", f"{res.path}{warn}"))
             elif edit_complete(cfg, row.edit):
                 results.append((row.case, "skipped", "already edited"))
             else:

@@ -33,12 +33,17 @@ __all__ = [
 ]
 
 class AttentionStore:
-    """Sums the conditional branch's cross-attention maps (head-averaged) of the map layers over steps."""
+    """Sums the conditional branch's cross-attention maps (head-averaged) of the map layers over steps.
 
-    def __init__(self, layers: Sequence[LayerInfo]) -> None:
+    ``upper_heads``: average only heads h//2 … h−1, as the reference's mask script does (it inverts a batch of
+    one and its store slices ``attn[h // 2:]``, meant to drop an unconditional half that is not there).
+    """
+
+    def __init__(self, layers: Sequence[LayerInfo], upper_heads: bool = False) -> None:
         self.layers = frozenset(l.name for l in map_layers(list(layers)))
         self.sums: dict[str, torch.Tensor] = {}
         self.steps: set[int] = set()
+        self.upper_heads = upper_heads
         self.grid: tuple[int, int] = (0, 0)
 
     def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
@@ -50,7 +55,8 @@ class AttentionStore:
 
     def store(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> None:
         """Add this call's maps (B, h, Q, K) → head mean (B, Q, K); remember the layer's (h, w) query grid."""
-        mean = probs.detach().float().mean(dim=1)
+        heads = probs[:, probs.shape[1] // 2:] if self.upper_heads else probs
+        mean = heads.detach().float().mean(dim=1)
         self.sums[layer.name] = self.sums[layer.name] + mean if layer.name in self.sums else mean
         self.steps.add(call.step)
         side = int(round(mean.shape[1] ** 0.5))
@@ -211,15 +217,22 @@ class P2PController:
         return out
 
     def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        out = self.edit_probs(probs, layer, call)
         if call.branch == Branch.COND and self.store.wants_probs(layer, call):
-            self.store.store(probs, layer, call)
+            # the maps LocalBlend averages are the edited ones (source maps through the aligner, times the
+            # equalizer, during tau_c), as the reference and prompt-to-prompt store the tensor they then edit in place
+            self.store.store(out, layer, call)
+        return out
+
+    def edit_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        """Attention probabilities (B, h, Q, K) after the edit of this layer and step."""
         base, replace = probs[0], probs[1:]  # (h, Q, K), (B-1, h, Q, K)
         if layer.is_cross:
             if not self.cross_active(call.step):
                 return probs
             alpha = self.cross_alpha[call.step].to(probs.device, probs.dtype)  # (B-1, 1, 1, K)
             new = self.replace_cross_attention(base, replace) * alpha + (1 - alpha) * replace
-        else:
+        else:  # self-attention, called only at the steps wants_probs selects (tau_s / tau_u)
             new = base.unsqueeze(0).expand_as(replace)
         return torch.cat([probs[:1], new.to(probs.dtype)], dim=0)
 

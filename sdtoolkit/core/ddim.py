@@ -17,7 +17,7 @@ A deterministic DDIM move to level ``alpha_to`` is then (eq. 12 with sigma = 0)
 Sampling (denoising) moves from ``alpha_t`` to ``alpha_{t-1}``, as ``diffusers.DDIMScheduler.step`` with
 eta = 0; inversion (noising) moves the other way, reading the output at the level it starts from, as the
 reference's ``next_step`` (and ``diffusers.DDIMInverseScheduler.step``). The method document,
-docs/method.md (DDIM steps and schedule), states the same in the paper's notation.
+docs/method.md §1–§2, states the same in the paper's notation.
 """
 from __future__ import annotations
 
@@ -143,6 +143,10 @@ class DDIMSchedule:
     def num_steps(self) -> int:
         return len(self.timesteps)
 
+    @property
+    def steps_offset(self) -> int:
+        """The smallest timestep: with "leading" spacing, the scheduler's steps_offset."""
+        return self.timesteps[-1]
 
 def make_schedule(
     num_steps: int,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from sdtoolkit.core.errors import UsageError
@@ -54,7 +55,8 @@ def load_image(
     keep_aspect: bool = False, multiple: int = 1,
 ) -> Image.Image:
     """Open an image, cut the crop offsets, then centre-crop to a square and resize to ``size``×``size`` (RGB), or
-    with ``keep_aspect`` resize the whole image to :func:`fit_size` (short side ``size``)."""
+    with ``keep_aspect`` resize the whole image to :func:`fit_size` (short side ``size``); PIL's bicubic filter,
+    the default of the reference's ``Image.resize`` (docs/method.md §1)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image {str(path)!r} does not exist (or is not a file)")
@@ -71,11 +73,11 @@ def load_image(
     w, h = image.size
     if keep_aspect:
         out_h, out_w = fit_size(w, h, size, True, multiple)
-        return image.resize((out_w, out_h), Image.Resampling.LANCZOS)
+        return image.resize((out_w, out_h), Image.Resampling.BICUBIC)
     side = min(w, h)
     x0, y0 = (w - side) // 2, (h - side) // 2
     image = image.crop((x0, y0, x0 + side, y0 + side))
-    return image.resize((size, size), Image.Resampling.LANCZOS)
+    return image.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def load_mask(
@@ -98,6 +100,23 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB → (1, 3, H, W) float in [-1, 1]."""
     arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
     return arr.permute(2, 0, 1).unsqueeze(0)  # (H, W, 3) → (1, 3, H, W)
+
+
+def clip_pixels(image: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The image encoder's input as the reference makes it (docs/method.md §1), for x (1, 3, H, W) in [-1, 1]:
+    (x + 1) / 2, then CLIP's ``Resize(size, bicubic)`` and ``CenterCrop(size)`` applied to the tensor as the
+    reference's torchvision 0.13.1 does (shorter side → size, longer ``int(size · long / short)``; bicubic,
+    ``align_corners=False``, no antialiasing; crop offsets ``round((H − size) / 2)``), then CLIP's mean/std."""
+    x = image.float() / 2 + 0.5  # Normalize(mean=-1, std=2): [-1, 1] → [0, 1], not clamped
+    h, w = x.shape[-2:]
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    out_h, out_w = (size, new_long) if h <= w else (new_long, size)
+    if (out_h, out_w) != (h, w):
+        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False, antialias=False)
+    top, left = int(round((out_h - size) / 2.0)), int(round((out_w - size) / 2.0))
+    x = x[..., top:top + size, left:left + size]
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:

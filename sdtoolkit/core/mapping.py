@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -87,13 +88,34 @@ def save_learned(path: str | os.PathLike, tensors: dict[str, torch.Tensor], side
     return path
 
 
+class UnreadableResult(ValueError):
+    """A saved result (weights or sidecar) that exists but cannot be read: truncated, corrupted, not JSON."""
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """The JSON sidecar of ``path`` (a dict); :class:`UnreadableResult` naming the file when it does not parse."""
+    side = sidecar_path(path)
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnreadableResult(f"{side} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnreadableResult(f"{side} holds {type(data).__name__}, not a JSON object")
+    return data
+
+
 def load_learned(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load what :func:`save_learned` wrote (never unpickles)."""
+    """Load what :func:`save_learned` wrote (never unpickles); :class:`UnreadableResult` for a damaged file."""
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file() or not side.is_file():
         raise FileNotFoundError(str(path if not path.is_file() else side))
-    return load_file(str(path)), json.loads(side.read_text(encoding="utf-8"))
+    sidecar = read_sidecar(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UnreadableResult(f"{path} is truncated or corrupted ({exc})") from None
+    return tensors, sidecar
 
 
 def mapping_from_tensors(tensors: dict[str, torch.Tensor], num_steps: int) -> MappingNetworks:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModel
 
@@ -23,6 +22,7 @@ from sdtoolkit.core.ddim import DDIMSchedule, schedule_from_config
 from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD, SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.family import ModelFamily, describe
+from sdtoolkit.core.images import clip_pixels
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
 TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "toy_model"
@@ -39,13 +39,12 @@ def resolve_device(device: str | None) -> torch.device:
         raise UsageError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1)") from exc
 
 
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """Precision of the networks: fp32 on CPU; bf16 on GPU (fp16 where bf16 is unsupported)."""
+def resolve_dtype(dtype: str | None) -> torch.dtype:
+    """Precision of the networks: fp32 everywhere by default, as the reference (bf16 measured to lose
+    reconstruction: README "Precision"); ``bf16`` / ``fp16`` on request."""
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if dtype in (None, "auto"):
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
     if dtype not in names:
         raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(names)}")
     return names[dtype]
@@ -67,6 +66,7 @@ class SDModels:
     scheduler_config: dict | None = None  # the folder's scheduler config (None: the reference's)
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL
     tokenizer_2: CLIPTokenizer | None = None  # SDXL
+    image_encoder_id: str = "tiny"  # where the image encoder came from (part of a saved result's identity)
 
     def __post_init__(self) -> None:
         if self.family is None:
@@ -113,6 +113,13 @@ class SDModels:
     def _ids(self, tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
         return tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                          return_tensors="pt").input_ids.to(self.device)
+
+    def run_identity(self, num_steps: int) -> dict:
+        """What of these networks changes a saved result besides the weights: the schedule's steps_offset and
+        prediction type, the image encoder and the precision."""
+        schedule = self.schedule(num_steps)
+        return {"steps_offset": schedule.steps_offset, "prediction_type": schedule.prediction_type.value,
+                "image_encoder": self.image_encoder_id, "dtype": str(self.dtype).replace("torch.", "")}
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -169,26 +176,14 @@ class SDModels:
 
     @torch.no_grad()
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
-        """E(x): all tokens after the final layer norm, (1, 197, D), for x in [-1, 1]; fp32.
-
-        [-1, 1] → [0, 1] → resize 224 bicubic → centre crop 224 → CLIP mean/std.
-        """
-        size = int(self.image_encoder.config.image_size)
-        x = (image.float() / 2 + 0.5).clamp(0, 1)
-        h, w = x.shape[-2:]
-        scale = size / min(h, w)
-        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                          antialias=True, align_corners=False)
-        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-        x = x[..., top:top + size, left:left + size]
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.device, self.dtype)
-        out = self.image_encoder(pixel_values=x).last_hidden_state
+        """E(x): all tokens after the final layer norm, (1, 197, D), for x in [-1, 1]; fp32. The encoder's
+        input is made as the reference makes it (:func:`clip_pixels`)."""
+        x = clip_pixels(image, int(self.image_encoder.config.image_size), CLIP_MEAN, CLIP_STD)
+        out = self.image_encoder(pixel_values=x.to(self.device, self.dtype)).last_hidden_state
         return getattr(self.image_encoder, "vision_model", self.image_encoder).post_layernorm(out).float()
 
-    def eps(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall,
-            pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(self, z: torch.Tensor, t: int, text: torch.Tensor, call: AttnCall,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
         """UNet output (fp32; eps, v or x0 per ``family.prediction_type``) for latents z (B, 4, h, w) at timestep t
         with per-call state; ``pooled`` (B, P): SDXL's pooled prompt embedding of the branch's prompts."""
         call = dataclasses.replace(call, latent_hw=(int(z.shape[-2]), int(z.shape[-1])))
@@ -254,7 +249,12 @@ def _scheduler_config(source: str, is_local: bool) -> dict | None:
     """The folder's / hub repo's scheduler config (prediction type, noise schedule), None when it has none."""
     if is_local:
         path = Path(source) / "scheduler" / "scheduler_config.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UsageError(f"{path} is not valid JSON ({exc})") from None
     from diffusers import DDIMScheduler
 
     try:
@@ -284,7 +284,7 @@ def load_models(
     from sdtoolkit.core.tiny import TINY_MODELS
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype)
     if model in SD_VERSIONS:
         model = SD_VERSIONS[model]
     if model in TINY_MODELS:
@@ -294,6 +294,7 @@ def load_models(
         scheduler_config = parts.pop("scheduler_config")
         model_id = model
         force_zeros = True
+        enc_source = model
     else:
         source = str(TOY_MODEL_DIR) if model == "toy" else model
         if model == "toy" and not TOY_MODEL_DIR.is_dir():
@@ -347,7 +348,8 @@ def load_models(
         parts["unet"].enable_gradient_checkpointing()
     if compile_unet:
         parts["unet"].compile()
-    return SDModels(model_id=model_id, device=dev, dtype=dt, family=family, scheduler_config=scheduler_config, **parts)
+    return SDModels(model_id=model_id, device=dev, dtype=dt, family=family, scheduler_config=scheduler_config,
+                    image_encoder_id=enc_source, **parts)
 
 
 def save_pipeline_folder(models: SDModels, path: str | os.PathLike) -> Path:

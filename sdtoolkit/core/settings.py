@@ -8,8 +8,10 @@ from __future__ import annotations
 import enum
 import itertools
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdtoolkit.core.errors import UsageError
 
@@ -27,6 +29,12 @@ class InversionMethod(enum.StrEnum):
     def tag(self) -> str:
         """File-name tag: the reference's ``learnv`` for StyleDiffusion, else the method's name."""
         return "learnv" if self is InversionMethod.STYLEDIFFUSION else self.value
+
+    @property
+    def default_ddim_steps(self) -> int:
+        """T when ``--num_ddim_steps`` is not given: 30 as the reference's stylediffusion.py; 50 for null-text, as
+        the reference's null-text script."""
+        return 50 if self is InversionMethod.NULLTEXT else 30
 
     @property
     def default_inner_steps(self) -> int:
@@ -74,6 +82,11 @@ class Taus:
 
     def as_dict(self) -> dict[str, float]:
         return {"tau_v": self.v, "tau_c": self.c, "tau_s": self.s, "tau_u": self.u}
+
+    def value_mapped(self, step: int, num_steps: int) -> bool:
+        """The target's value input is the learned one at sampling step i while ``i < T·tau_v`` (a float
+        comparison, as the reference: tau_v .55 with T = 30 maps 17 steps; docs/method.md §4)."""
+        return step < num_steps * self.v
 
 
 @dataclass(frozen=True)
@@ -130,15 +143,18 @@ class InvertConfig:
     def path(self) -> Path:
         return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{self.inversion.tag}-[{self.index}].safetensors"
 
-    def identity(self, image_sha256: str, model_fingerprint: str) -> dict:
-        """What a saved result must match to be reused: image, weights and every setting that changes it."""
+    def identity(self, image_sha256: str, model_fingerprint: str, run: Mapping[str, Any]) -> dict:
+        """What a saved result must match to be reused: image, weights and every setting that changes it.
+
+        ``run``: what the loaded networks add (steps_offset, prediction_type, image_encoder, dtype;
+        ``SDModels.run_identity``)."""
         return {
             "inversion": self.inversion, "prompt": self.prompt, "image_sha256": image_sha256, "model": self.model,
             "model_fingerprint": model_fingerprint,
             "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
             "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
-            "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing,
-            "resolution": self.resolution, "keep_aspect": self.keep_aspect,
+            "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing, "seed": self.seed,
+            "resolution": self.resolution, "keep_aspect": self.keep_aspect, **run,
         }
 
     def train_command(self) -> str:

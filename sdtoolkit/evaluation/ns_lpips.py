@@ -8,15 +8,18 @@ mask and compared with LPIPS-AlexNet. NS-LPIPS is the mean over the scored cases
 
 Modes:
 
-* ``reference`` reproduces the published script: the masked images, in [0, 1], go to LPIPS as they are
-  although LPIPS expects [-1, 1]. The published script thresholds the mask at 0.5 and then uses the soft
-  mask anyway, so the threshold has no effect; here the soft mask is used directly, with the same result.
-* ``corrected`` (default): the images are masked in [0, 1] and only then mapped to [-1, 1] (x -> 2x - 1),
-  the range LPIPS expects. Masking before the transform gives every masked-out pixel the same value (-1)
-  in both images, so only the non-selected region decides the score.
+* ``reference`` reproduces the published script: inputs ``{case} {prompt}.jpg``; images and the mask
+  (as RGB) resized to 256×256 with PIL's bilinear filter (torchvision's ``Resize`` on PIL images), the mask
+  made gray from the resized RGB tensor (0.2989 R + 0.587 G + 0.114 B); the masked images, in [0, 1], go to
+  LPIPS as they are although LPIPS expects [-1, 1]. The published script thresholds the mask at 0.5 and then
+  uses the soft mask anyway, so the threshold has no effect; here the soft mask is used directly.
+* ``corrected`` (default): inputs ``{case} {prompt}.png`` (what the CSV driver writes), images resized
+  bicubically, the mask made 8-bit gray and resized bilinearly; the images are masked in [0, 1] and only
+  then mapped to [-1, 1] (x -> 2x - 1), the range LPIPS expects. Masking before the transform gives every
+  masked-out pixel the same value (-1) in both images, so only the non-selected region decides the score.
 
 Unlike the published script, files missing for a case are listed and counted (the run fails unless
-``--allow_missing``), never skipped silently, and ``--end_case`` is inclusive.
+``--allow_missing``), never skipped silently, and ``--end_case`` is exclusive (as the reference).
 """
 from __future__ import annotations
 
@@ -83,10 +86,11 @@ def editing_cases(csv_path: Path, from_case: int | None, end_case: int | None) -
     return cases
 
 
-def case_files(case: Case, input_dir: Path, edited_dir: Path, mask_dir: Path) -> CaseFiles:
-    """The input, edited and mask file of a case, named by sdtoolkit.layout.case_filename."""
+def case_files(case: Case, input_dir: Path, edited_dir: Path, mask_dir: Path, mode: str = "corrected") -> CaseFiles:
+    """The input, edited and mask file of a case, named by sdtoolkit.core.io.case_filename (the input ``.jpg``
+    in reference mode, as the published script reads it)."""
     return CaseFiles(
-        input=input_dir / case_filename(case.case_number, case.prompt),
+        input=input_dir / case_filename(case.case_number, case.prompt, ".jpg" if mode == "reference" else ".png"),
         edited=edited_dir / case_filename(case.case_number, case.target),
         mask=mask_dir / case_filename(case.case_number, case.prompt),
     )
@@ -121,10 +125,25 @@ def load_mask(path: Path) -> torch.Tensor:
     return _to_tensor(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
 
 
+def load_rgb_reference(path: Path) -> torch.Tensor:
+    """Reference mode: RGB (3, 256, 256) in [0, 1], resized with PIL's bilinear filter."""
+    return _to_tensor(_open_rgb(path).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+
+
+def load_mask_reference(path: Path) -> torch.Tensor:
+    """Reference mode: the mask read as RGB, resized bilinearly (PIL), then gray on the tensor with
+    torchvision's weights 0.2989, 0.587, 0.114: (1, 256, 256) in [0, 1]."""
+    rgb = load_rgb_reference(path)
+    weights = torch.tensor([0.2989, 0.587, 0.114]).view(3, 1, 1)
+    return (rgb * weights).sum(dim=0, keepdim=True)
+
+
 def load_case_images(
-    input_file: Path, edited_file: Path, mask_file: Path
+    input_file: Path, edited_file: Path, mask_file: Path, mode: str = "corrected"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input (3, 256, 256), edited (3, 256, 256) and background mask (1, 256, 256), all in [0, 1]."""
+    if mode == "reference":
+        return load_rgb_reference(input_file), load_rgb_reference(edited_file), load_mask_reference(mask_file)
     return load_rgb(input_file), load_rgb(edited_file), load_mask(mask_file)
 
 
@@ -187,7 +206,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts_path", type=Path, default=REPO_ROOT / "data" / "stylediffusion_editing.csv",
                         help="editing CSV with columns case_number, prompt, target")
     parser.add_argument("--input_path", type=Path, default=REPO_ROOT / "results" / "input",
-                        help="folder of input images '{case} {prompt}.png'")
+                        help="folder of input images '{case} {prompt}.png' ('.jpg' with --mode reference)")
     parser.add_argument("--edited_path", type=Path, default=REPO_ROOT / "results" / "ours",
                         help="folder of edited images '{case} {target}.png'")
     parser.add_argument("--mask_path", type=Path, default=REPO_ROOT / "results" / "bgmask",
@@ -195,7 +214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "fully non-selected background, any size; other modes such as RGB are converted to gray)")
     parser.add_argument("--from_case", type=int, default=None, help="first case_number to score; None: from the first")
     parser.add_argument("--end_case", type=int, default=None,
-                        help="last case_number to score, inclusive; None: to the last")
+                        help="stop before this case_number (exclusive, as the reference); None: to the last")
     parser.add_argument("--mode", choices=MODES, default="corrected",
                         help="'reference': published script's [0, 1] LPIPS input; 'corrected': [-1, 1] input")
     parser.add_argument("--out", type=Path, default=None,
@@ -240,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
     present, incomplete = [], 0
     for case in cases:
-        files = case_files(case, args.input_path, args.edited_path, args.mask_path)
+        files = case_files(case, args.input_path, args.edited_path, args.mask_path, args.mode)
         missing = files.missing()
         for kind, path in missing:
             print(f"missing {kind} (case {case.case_number}): {path}", file=sys.stderr)
@@ -267,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for case, files in tqdm(present, desc="NS-LPIPS", unit="case"):
-        value = ns_lpips(loss_fn, *load_case_images(files.input, files.edited, files.mask), mode=args.mode)
+        value = ns_lpips(loss_fn, *load_case_images(files.input, files.edited, files.mask, args.mode), mode=args.mode)
         tqdm.write(f"case {case.case_number}: NS-LPIPS {value:.6f}  ({case.prompt!r} -> {case.target!r})")
         rows.append((case.case_number, case.prompt, case.target, value))
     table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))

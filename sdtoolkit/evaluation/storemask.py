@@ -6,6 +6,14 @@ word's *source* word(s) over the down/up layers, heads and steps, normalise by i
 (non-square images: short side 256, the image's aspect). The foreground mask is
 that map, the background (non-selected) mask is 1 − map; both are written as 8-bit grayscale PNGs named
 ``{case} {prompt}.png`` (255 = 1.0). Missing inputs are listed and counted, never skipped silently.
+
+``--mode corrected`` (default): all heads; every token of every source blend word; the soft map resized
+bilinearly; background = 1 − map (gray PNG); inputs ``{case} {prompt}.png``.
+``--mode reference`` reproduces the published mask script: heads h//2 … h−1 only (its batch-of-one store
+slices ``attn[h // 2:]``); only the first source blend word, at token ``prompt.split(' ').index(word) + 1``
+(right only when every earlier word is one token); the map scaled to 255 · map / max, truncated to uint8,
+resized to 256 with PIL's bicubic filter, background = 255 − foreground (RGB PNG); inputs
+``{case} {prompt}.jpg``.
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ from sdtoolkit.jobs.cases import read_cases
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MASK_SIZE = 256
+MODES = ("corrected", "reference")
+INPUT_EXT = {"corrected": ".png", "reference": ".jpg"}
 
 
 def mask_size(map_hw: tuple[int, int]) -> tuple[int, int]:
@@ -36,24 +46,52 @@ def mask_size(map_hw: tuple[int, int]) -> tuple[int, int]:
     return (MASK_SIZE, round(MASK_SIZE * w / h)) if h <= w else (round(MASK_SIZE * h / w), MASK_SIZE)
 
 
-def attention_mask(models, image_path: Path, prompt: str, words: tuple[str, ...], num_steps: int = 50,
+def inversion_maps(models, image_path: Path, prompt: str, num_steps: int, upper_heads: bool,
                    resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
-    """Soft foreground mask (h, w) in [0, 1] of ``words`` in ``prompt`` for the image (:func:`mask_size`)."""
+    """Per-token cross-attention (mh, mw, K) of the conditional branch during DDIM inversion of the image,
+    averaged over the map layers, heads (or heads h//2 … h−1 with ``upper_heads``) and steps."""
     from sdtoolkit.control.controllers import AttentionStore
     from sdtoolkit.core.images import load_image, pil_to_tensor
     from sdtoolkit.methods.inversions import ddim_inversion
+
+    x = pil_to_tensor(load_image(image_path, resolution or models.image_size, keep_aspect=keep_aspect,
+                                 multiple=models.family.size_multiple))
+    store = AttentionStore(models.layers(), upper_heads=upper_heads)
+    ddim_inversion(models, models.encode_latent(x), models.encode_text([prompt]), models.schedule(num_steps),
+                   controller=store, pooled=models.encode_pooled([prompt]))
+    return store.average()[0]
+
+
+def attention_mask(models, image_path: Path, prompt: str, words: tuple[str, ...], num_steps: int = 50,
+                   resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
+    """Corrected mode: soft foreground mask (h, w) in [0, 1] of ``words`` in ``prompt`` (:func:`mask_size`)."""
     from sdtoolkit.core.words import find_word_tokens
 
     tokens = sorted({t for w in words for t in find_word_tokens(prompt, w, models.tokenizer)})
-    x = pil_to_tensor(load_image(image_path, resolution or models.image_size, keep_aspect=keep_aspect,
-                                 multiple=models.family.size_multiple))
-    store = AttentionStore(models.layers())
-    ddim_inversion(models, models.encode_latent(x), models.encode_text([prompt]), models.schedule(num_steps),
-                   controller=store, pooled=models.encode_pooled([prompt]))
-    amap = store.average()[0][:, :, tokens].sum(-1)  # (mh, mw)
+    maps = inversion_maps(models, image_path, prompt, num_steps, False, resolution, keep_aspect)
+    amap = maps[:, :, tokens].sum(-1)  # (mh, mw)
     amap = amap / amap.max().clamp_min(1e-12)
     size = mask_size(tuple(amap.shape))
     return F.interpolate(amap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+
+
+def reference_token(prompt: str, words: tuple[str, ...]) -> int:
+    """The token the reference's mask script reads: the first blend word's index among the prompt's
+    space-separated words, plus one (for the start token)."""
+    parts = prompt.split(" ")
+    if not words or words[0] not in parts:
+        raise ValueError(f"--mode reference: blend word {words[0] if words else ''!r} is not one of the prompt's "
+                         f"space-separated words {parts}")
+    return parts.index(words[0]) + 1
+
+
+def reference_masks(amap: torch.Tensor) -> tuple[Image.Image, Image.Image]:
+    """Reference mode: foreground and background (RGB, MASK_SIZE²) from one token's map (r, r):
+    uint8(255 · map / max) (truncated), PIL bicubic resize, background = 255 − foreground."""
+    scaled = (255 * amap / amap.max()).float().cpu().numpy()
+    rgb = np.repeat(scaled[:, :, None], 3, axis=2).astype(np.uint8)
+    fg = np.asarray(Image.fromarray(rgb).resize((MASK_SIZE, MASK_SIZE), Image.Resampling.BICUBIC))
+    return Image.fromarray(fg), Image.fromarray(255 - fg)
 
 
 def to_png(mask: torch.Tensor) -> Image.Image:
@@ -64,14 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
     p.add_argument("--prompts_path", default=str(REPO_ROOT / "data" / "stylediffusion_editing.csv"),
                    help="editing CSV (case_number, prompt, blend_word)")
-    p.add_argument("--input_path", default=str(REPO_ROOT / "results" / "input"), help="folder of '{case} {prompt}.png'")
+    p.add_argument("--input_path", default=str(REPO_ROOT / "results" / "input"), help="folder of '{case} {prompt}.png' ('.jpg' with --mode reference)")
     p.add_argument("--bgmask_path", default=str(REPO_ROOT / "results" / "bgmask"), help="output: background masks")
     p.add_argument("--fgmask_path", default=str(REPO_ROOT / "results" / "fgmask"), help="output: foreground masks")
     p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
-    p.add_argument("--end_case", type=int, default=None, help="last case_number (inclusive)")
+    p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
     cli.add_model_flags(p, compile_flag=False, image_encoder=False)
     p.add_argument("--num_ddim_steps", type=int, default=50)
     p.add_argument("--allow_missing", action="store_true", help="mask the cases whose input exists, exit 0")
+    p.add_argument("--mode", choices=MODES, default="corrected",
+                   help="'reference': the published mask script's heads, token, uint8/bicubic masks and .jpg inputs")
     return p
 
 
@@ -87,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if blend is None:
             raise UsageError(f"{args.prompts_path}, case {row['case_number']}: empty blend_word; the mask needs a source word")
         cases.append((str(row["case_number"]).strip(), row["prompt"], blend[0]))
-    inputs = {case: Path(args.input_path) / case_filename(case, prompt) for case, prompt, _ in cases}
+    ext = INPUT_EXT[args.mode]
+    inputs = {case: Path(args.input_path) / case_filename(case, prompt, ext) for case, prompt, _ in cases}
     missing = [c for c in cases if not inputs[c[0]].is_file()]
     for case, _, _ in missing:
         print(f"missing input image (case {case}): {inputs[case]}", file=sys.stderr)
@@ -101,15 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     done, failed = 0, []
     for case, prompt, words in tqdm([c for c in cases if c not in missing], desc="masks"):
         try:
-            fg = attention_mask(models, inputs[case], prompt, words, args.num_ddim_steps, args.resolution, args.keep_aspect)
+            if args.mode == "reference":
+                token = reference_token(prompt, words)
+                amap = inversion_maps(models, inputs[case], prompt, args.num_ddim_steps, True, args.resolution,
+                                      args.keep_aspect)
+                fg_png, bg_png = reference_masks(amap[:, :, token])
+            else:
+                fg = attention_mask(models, inputs[case], prompt, words, args.num_ddim_steps, args.resolution,
+                                    args.keep_aspect)
+                fg_png, bg_png = to_png(fg), to_png(1 - fg)
         except ValueError as exc:
             failed.append(case)
             tqdm.write(f"case {case}: failed ({exc})")
             continue
-        save_image(Path(args.fgmask_path) / case_filename(case, prompt), to_png(fg))
-        save_image(Path(args.bgmask_path) / case_filename(case, prompt), to_png(1 - fg))
+        save_image(Path(args.fgmask_path) / case_filename(case, prompt), fg_png)
+        save_image(Path(args.bgmask_path) / case_filename(case, prompt), bg_png)
         done += 1
-    print(f"masked {done} of {len(cases)} cases ({len(missing)} missing input, {len(failed)} failed) -> "
+    print(f"mode: {args.mode}; masked {done} of {len(cases)} cases ({len(missing)} missing input, {len(failed)} failed) -> "
           f"{args.fgmask_path}, {args.bgmask_path}")
     return 1 if failed or (missing and not args.allow_missing) else 0
 

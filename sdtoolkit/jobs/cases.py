@@ -9,7 +9,8 @@ from sdtoolkit.core.errors import UsageError
 
 
 def read_cases(path: str, columns: tuple[str, ...], from_case: int | None, end_case: int | None) -> pd.DataFrame:
-    """Read the CSV as text, check its columns and select the case range (clear errors, exit 2)."""
+    """Read the CSV as text, check its columns and select the cases from_case <= case_number < end_case (the
+    reference's range: ``--end_case`` is exclusive; clear errors, exit 2)."""
     csv = Path(path)
     if not csv.is_file():
         raise UsageError(f"--prompts_path {path!r} does not exist")
@@ -36,7 +37,7 @@ def read_cases(path: str, columns: tuple[str, ...], from_case: int | None, end_c
         raise UsageError(f"{path}: case_number {repeated} appear(s) more than once; case numbers name the output files")
     df = df.assign(case_number=cases.astype(str))  # "03" and "3" are the same case everywhere
     keep = (cases >= (from_case if from_case is not None else cases.min())) & (
-        cases <= (end_case if end_case is not None else cases.max()))
+        cases < (end_case if end_case is not None else cases.max() + 1))
     if not keep.any():
         raise UsageError(f"--from_case {from_case} --end_case {end_case} selects no case; the CSV holds the cases {sorted(cases)}")
     return df[keep]

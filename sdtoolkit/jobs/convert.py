@@ -112,7 +112,7 @@ def convert_reference(models: SDModels, cfg: InvertConfig, pth: str | Path, step
         raise UsageError("reference .pth files hold StyleDiffusion mapping networks (--inversion stylediffusion)")
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
     check_image(cfg.image_path)
-    if existing_result(cfg, sha256_file(cfg.image_path), overwrite):
+    if existing_result(cfg, sha256_file(cfg.image_path), overwrite, models.run_identity(cfg.num_ddim_steps)):
         return InvertResult(cfg.path(), trained=False)
     steps = read_reference(pth, cfg.num_ddim_steps) if steps is None else steps
     start = time.perf_counter()

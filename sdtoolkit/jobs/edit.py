@@ -66,9 +66,8 @@ def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig
     Returns latents (2, 4, h, w)."""
     if controller is None:
         controller = build_controller(models, prompt, edit, num_steps, taus, blend_mask)
-    n_v = int(taus.v * num_steps)
-    return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, i < n_v], guidance_scale, controller,
-                  pooled=pooled)
+    return sample(models, models.schedule(num_steps), inv, texts, lambda i: [True, taus.value_mapped(i, num_steps)],
+                  guidance_scale, controller, pooled=pooled)
 
 
 BASELINE_COLUMNS = ("DDIM inversion, source prompt", "DDIM with word swap (target prompt, no P2P)",
@@ -82,7 +81,7 @@ def nulltext_for_baselines(models: SDModels, cfg: InvertConfig, source: SourceIm
     method = InversionMethod.NULLTEXT
     nt_cfg = cfg if cfg.inversion is method else replace(cfg, inversion=method, num_inner_steps=method.default_inner_steps)
     trained = False
-    if not existing_result(nt_cfg, source.sha256, overwrite=False):
+    if not existing_result(nt_cfg, source.sha256, False, models.run_identity(nt_cfg.num_ddim_steps)):
         invert(models, nt_cfg, progress=progress)
         trained = True
         print(f"--baselines: trained null-text inversion {nt_cfg.path()}")

@@ -1,7 +1,6 @@
 """Invert/train one image and keep the result on disk (safetensors + JSON sidecar); load it back for editing."""
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from PIL import Image
 from sdtoolkit.core.checks import check_image, check_prompt
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import load_image, pil_to_tensor, sha256_file
-from sdtoolkit.core.mapping import load_learned, save_learned, sidecar_path
+from sdtoolkit.core.mapping import UnreadableResult, load_learned, read_sidecar, save_learned, sidecar_path
 from sdtoolkit.core.models import SDModels, model_fingerprint
 from sdtoolkit.core.settings import InvertConfig
 from sdtoolkit.methods.inversions import DDIMInversion, Inversion, ddim_inversion, method_class
@@ -23,20 +22,37 @@ from sdtoolkit.methods.training import TrainLog
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
     "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "resolution", "keep_aspect",
+    "seed", "steps_offset", "prediction_type", "image_encoder", "dtype",
 )
+"""Every setting a saved result must match to be reused by training (``--is_train`` reruns)."""
+EDIT_KEYS = (
+    "inversion", "prompt", "image_sha256", "model", "model_fingerprint", "num_ddim_steps", "is_1word",
+    "resolution", "keep_aspect", "steps_offset", "prediction_type", "image_encoder",
+)
+"""What a saved result must match to be used for editing: dtype and seed may differ (fp32-trained networks
+edit in bf16); a result made with another prompt, schedule or image encoder is refused."""
 ADDED_KEYS = {"resolution": None, "keep_aspect": False}
-"""Identity keys newer than some saved sidecars, with the value those sidecars were made with."""
+"""Identity keys newer than some saved sidecars, with the value those sidecars were made with (results older
+than ``steps_offset`` are refused: their timesteps differ)."""
 
 
-def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool) -> Path | None:
-    """The saved result when one matching ``cfg`` exists (None when there is none, or ``overwrite``);
-    a UsageError naming the differences when one exists for other settings."""
+def _damaged(exc: UnreadableResult, cfg: InvertConfig) -> UsageError:
+    return UsageError(f"{exc}; retrain with: {cfg.train_command()} --overwrite")
+
+
+def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool, run: dict) -> Path | None:
+    """The saved result when one matching ``cfg`` (and ``run``, :meth:`SDModels.run_identity`) exists (None
+    when there is none, or ``overwrite``); a UsageError naming the differences when one exists for other
+    settings, or when it cannot be read."""
     path = cfg.path()
     side = sidecar_path(path)
     if overwrite or not (path.is_file() and side.is_file()):
         return None
-    old = json.loads(side.read_text(encoding="utf-8"))
-    new = cfg.identity(image_sha256, model_fingerprint(cfg.model))
+    try:
+        old = read_sidecar(path)
+    except UnreadableResult as exc:
+        raise _damaged(exc, cfg) from None
+    new = cfg.identity(image_sha256, model_fingerprint(cfg.model), run)
     diff = {k: (old.get(k, ADDED_KEYS.get(k)), new[k]) for k in MATCH_KEYS if old.get(k, ADDED_KEYS.get(k)) != new[k]}
     if diff:
         details = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -87,7 +103,8 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     """Invert one image with ``cfg.inversion`` and save what was learned (safetensors + JSON sidecar)."""
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
     check_image(cfg.image_path)
-    if existing_result(cfg, sha256_file(cfg.image_path), overwrite):
+    run = models.run_identity(cfg.num_ddim_steps)
+    if existing_result(cfg, sha256_file(cfg.image_path), overwrite, run):
         return InvertResult(cfg.path(), trained=False)
     method = method_class(cfg.inversion)
     settings = cfg.train_settings()
@@ -101,26 +118,27 @@ def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progres
     trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress,
                            pooled=pooled)
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
-    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start)
+    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start, text=text)
 
 
 def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
-                   elapsed: float, extra: dict | None = None) -> InvertResult:
+                   elapsed: float, extra: dict | None = None, text: torch.Tensor | None = None) -> InvertResult:
     """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
-    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``."""
+    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``.
+    ``text``: the prompt's embedding when the caller has it (encoded once)."""
     schedule = models.schedule(cfg.num_ddim_steps)
-    text = models.encode_text([cfg.prompt]).float()
+    text = models.encode_text([cfg.prompt]).float() if text is None else text
     pooled = models.encode_pooled([cfg.prompt])
     plain = sample(models, schedule, DDIMInversion(inv.z_T, inv.null), text, guidance_scale=cfg.guidance_scale,
                    pooled=pooled)
     learned = sample(models, schedule, inv, text, guidance_scale=cfg.guidance_scale, pooled=pooled)
     mapping = getattr(inv, "mapping", None)  # StyleDiffusion's M_t: its width bridge goes in the sidecar
+    reconstruction = {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
+                      "trained_latent_mse": latent_mse(learned, source.z0)}
     sidecar = {
-        **cfg.identity(source.sha256, model_fingerprint(cfg.model)),
+        **cfg.identity(source.sha256, model_fingerprint(cfg.model), models.run_identity(cfg.num_ddim_steps)),
         "image_path": str(cfg.image_path),
         "index": cfg.index,
-        "seed": cfg.seed,
-        "dtype": str(models.dtype).replace("torch.", ""),
         "device": str(models.device),
         "versions": versions(),
         "elapsed_seconds": round(elapsed, 3),
@@ -128,27 +146,43 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
         "backbone": {**models.family.as_dict(), "image_size": list(source.x.shape[-2:]),
                      "image_encoder_width": models.image_width,
                      "width_bridge": mapping.bridge if mapping is not None else "none"},
-        "reconstruction": {"ddim_cfg_latent_mse": latent_mse(plain, source.z0),
-                           "trained_latent_mse": latent_mse(learned, source.z0)},
+        "reconstruction": reconstruction,
+        "worse_than_ddim": worse_than_ddim(reconstruction),
         **(extra or {}),
     }
     path = save_learned(cfg.path(), inv.tensors(), sidecar)
     return InvertResult(path, True, sidecar)
 
 
+def worse_than_ddim(reconstruction: dict) -> bool:
+    """True when the learned inversion reconstructs worse (latent MSE to z_0 at the run's guidance) than plain
+    DDIM inversion: e.g. too few ``--num_inner_steps``."""
+    return reconstruction["trained_latent_mse"] > reconstruction["ddim_cfg_latent_mse"]
+
+
 def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, text: torch.Tensor,
                    null: torch.Tensor) -> tuple[Inversion, dict]:
-    """Load a saved inversion and check it was made for this image, model and step count."""
+    """Load a saved inversion and check it was made for this prompt, image, model, schedule and step count."""
     path = cfg.path()
     try:
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
         raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
-    want = {"image_sha256": source.sha256, "model": cfg.model, "model_fingerprint": model_fingerprint(cfg.model),
-            "num_ddim_steps": cfg.num_ddim_steps, "resolution": cfg.resolution, "keep_aspect": cfg.keep_aspect}
-    diff = {k: (sidecar.get(k, ADDED_KEYS.get(k)), v) for k, v in want.items() if sidecar.get(k, ADDED_KEYS.get(k)) != v}
+    except UnreadableResult as exc:
+        raise _damaged(exc, cfg) from None
+    if sidecar.get("prompt") != cfg.prompt:
+        raise UsageError(f"{path} was trained for --prompt {sidecar.get('prompt')!r}, not {cfg.prompt!r}: edit with "
+                         f"the trained prompt, or train this one with another --index: {cfg.train_command()}")
+    want = cfg.identity(source.sha256, model_fingerprint(cfg.model), models.run_identity(cfg.num_ddim_steps))
+    diff = {k: (sidecar.get(k, ADDED_KEYS.get(k)), want[k]) for k in EDIT_KEYS
+            if sidecar.get(k, ADDED_KEYS.get(k)) != want[k]}
     if diff:
         details = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()}")
-    inv = method_class(cfg.inversion).from_tensors(tensors, null, text, cfg.num_ddim_steps)
+        raise UsageError(f"{path} was made for another input ({details}); retrain with: {cfg.train_command()} "
+                         "--overwrite")
+    try:
+        inv = method_class(cfg.inversion).from_tensors(tensors, null, text, cfg.num_ddim_steps)
+    except (KeyError, RuntimeError) as exc:
+        raise _damaged(UnreadableResult(f"{path} does not hold a {cfg.inversion} result for {cfg.num_ddim_steps} "
+                                        f"steps ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"), cfg) from None
     return inv, sidecar

@@ -57,7 +57,7 @@ def ddim_inversion(
     with style_processors(models.unet):
         for i in tqdm(reversed(range(num)), total=num, desc="DDIM inversion", disable=not progress, leave=False):
             recorder = MapRecorder(record) if record else controller
-            eps = models.eps(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder),
+            eps = models.predict(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder),
                              pooled)
             if record:
                 maps[i] = {k: v.detach() for k, v in recorder.maps.items()}

@@ -55,10 +55,10 @@ def sample(
             t = schedule.timesteps[i]
             use = mapped(i) if mapped is not None else [True] * batch
             uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
-            eps_u = models.eps(z, t, inversion.uncond(i, batch), uncond_call, inversion.uncond_pooled(batch))
+            eps_u = models.predict(z, t, inversion.uncond(i, batch), uncond_call, inversion.uncond_pooled(batch))
             value = inversion.value_states(i, texts, use)
             cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
-            eps_c = models.eps(z, t, inversion.cond_texts(i, texts), cond_call, pooled)
+            eps_c = models.predict(z, t, inversion.cond_texts(i, texts), cond_call, pooled)
             z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
             if controller is not None:
                 z = controller.step_callback(z, i)

@@ -90,7 +90,7 @@ def stylediffusion_loss(
     names = map_names if settings.w_attnloss else frozenset()
     recorder = MapRecorder(names) if names else None
     value = mapping.value_input(i, features, text)
-    eps_c = models.eps(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder),
+    eps_c = models.predict(z, schedule.timesteps[i], text, AttnCall(i, Branch.COND, value_states=value, controller=recorder),
                        pooled)
     z_prev = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
     loss = F.mse_loss(z_prev, target)
@@ -131,14 +131,14 @@ def train_mapping(
                 gt = trace.maps[reference_pairing(i) if settings.attn_pairing is AttnPairing.REFERENCE else i]
                 optimizer = torch.optim.Adam(mapping.nets[i].parameters(), lr=learning_rate(i))
                 with torch.no_grad():
-                    eps_u = models.eps(z, t, null, AttnCall(i, Branch.UNCOND))
+                    eps_u = models.predict(z, t, null, AttnCall(i, Branch.UNCOND))
                 step_loss = lambda: stylediffusion_loss(models, schedule, mapping, i, z, eps_u, target, gt, text,  # noqa: E731
                                                         features, settings, names, trace.pooled)
                 log.iterations.append(optimise_step(step_loss, optimizer, i, inner_steps(settings.num_inner_steps, i),
                                                     settings.early_stop, bar, num, "the training loss"))
                 with torch.no_grad():
                     value = mapping.value_input(i, features, text)
-                    eps_c = models.eps(z, t, text, AttnCall(i, Branch.COND, value_states=value), trace.pooled)
+                    eps_c = models.predict(z, t, text, AttnCall(i, Branch.COND, value_states=value), trace.pooled)
                     z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, settings.guidance_scale))
                 check_finite(z, "the current latent", i)
     bar.close()
@@ -185,10 +185,10 @@ def train_embeddings(
             learned = learned.detach().requires_grad_(True)
             optimizer = torch.optim.Adam([learned], lr=learning_rate(i))
             with torch.no_grad():
-                eps_fixed = models.eps(z, t, fixed, AttnCall(i, other), pooled[other])
+                eps_fixed = models.predict(z, t, fixed, AttnCall(i, other), pooled[other])
 
             def step_loss() -> torch.Tensor:
-                eps = models.eps(z, t, learned, AttnCall(i, branch), pooled[branch])
+                eps = models.predict(z, t, learned, AttnCall(i, branch), pooled[branch])
                 return F.mse_loss(sample_step(schedule, i, z, guided(eps, eps_fixed)), target)
 
             log.iterations.append(optimise_step(step_loss, optimizer, i, settings.num_inner_steps, settings.early_stop,
@@ -196,7 +196,7 @@ def train_embeddings(
             learned = learned.detach()
             per_step.append(learned.clone())
             with torch.no_grad():
-                eps = models.eps(z, t, learned, AttnCall(i, branch), pooled[branch])
+                eps = models.predict(z, t, learned, AttnCall(i, branch), pooled[branch])
                 z = sample_step(schedule, i, z, guided(eps, eps_fixed))
             check_finite(z, "the current latent", i)
     bar.close()
