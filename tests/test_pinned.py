@@ -50,7 +50,7 @@ def stubbed(models, recorder: Recorder):
     """A copy of ``models`` whose ``eps`` is :func:`stub_eps`, recording each call."""
     m = copy.copy(models)
 
-    def eps(z, t, text, call: AttnCall):
+    def eps(z, t, text, call: AttnCall, pooled=None):
         recorder.calls.append((call.step, int(t), call.branch))
         recorder.texts.append(text.detach().clone())
         recorder.values.append(None if call.value_states is None else call.value_states.detach().clone())
@@ -159,10 +159,10 @@ def _recording(models, rec: Recorder):
     m = copy.copy(models)
     real = getattr(models, "predict", None) or models.eps
 
-    def eps(z, t, text, call):
+    def eps(z, t, text, call, pooled=None):
         rec.calls.append((call.step, int(t), call.branch))
         rec.values.append(None if call.value_states is None else call.value_states.detach().clone())
-        return real(z, t, text, call)
+        return real(z, t, text, call, pooled)
 
     m.eps = m.predict = eps
     return m
@@ -369,3 +369,24 @@ def test_replacement_reads_source_token_w_into_target_token_n_through_the_mapper
         torch.testing.assert_close(out[1][..., n], 0.25 * probs[0][..., 2], rtol=1e-6, atol=1e-7)
     for n, w in ((6, 3), (7, 4), (8, 5), (9, 6), (1, 1), (0, 0)):
         torch.testing.assert_close(out[1][..., n], probs[0][..., w], rtol=1e-6, atol=1e-7)
+
+
+def test_reference_timesteps_for_30_steps(tiny):
+    """The reference's pipeline runs steps_offset 1: timesteps 958, 925, …, 1 for T = 30 (docs/method.md §1)."""
+    assert tiny.schedule(T).timesteps == tuple(range(958, 0, -33))
+    rec = Recorder()
+    ddim_inversion(stubbed(tiny, rec), torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 8), tiny.schedule(T))
+    assert [t for _, t, _ in rec.calls] == list(range(1, 959, 33))  # inversion: 1 first, 958 last
+
+
+def test_local_blend_reads_the_edited_target_maps(tiny):
+    """The reference's store keeps the tensor the edit then overwrites in place: during tau_c the target maps that
+    LocalBlend averages are the edited ones (source maps through the mapper × equalizer), not the target's own."""
+    edit = EditConfig(target=TARGET, blend_word=(("cat",), ("tiger",)), eq_params=(("tiger",), (2.0,)))
+    ctrl = build_controller(tiny, SOURCE, edit, T, Taus(0.5, 0.6, 0.6, 0.0))
+    layer = next(l for l in tiny.layers() if l.name in ctrl.store.layers)
+    probs = _probs((2, 2, layer.resolution**2, 77), 11)
+    out = ctrl.on_probs(probs, layer, AttnCall(0, Branch.COND))
+    stored = ctrl.store.sums[layer.name]  # (2, Q, K): head means
+    torch.testing.assert_close(stored, out.float().mean(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(stored[1][..., 2], 2.0 * probs[0].mean(dim=0)[..., 2], rtol=1e-6, atol=1e-7)

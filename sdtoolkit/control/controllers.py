@@ -44,7 +44,7 @@ class AttentionStore:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps: set[int] = set()
         self.upper_heads = upper_heads
-        self.grid: tuple[int, int] = (0, 0)
+        self.grid: tuple[int, int] | None = None  # the maps' (h, w) query grid; None: square
 
     def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
         return call.branch == Branch.COND and layer.name in self.layers
@@ -59,8 +59,7 @@ class AttentionStore:
         mean = heads.detach().float().mean(dim=1)
         self.sums[layer.name] = self.sums[layer.name] + mean if layer.name in self.sums else mean
         self.steps.add(call.step)
-        side = int(round(mean.shape[1] ** 0.5))
-        self.grid = layer.grid(call.latent_hw) if call.latent_hw is not None else (side, side)
+        self.grid = layer.grid(call.latent_hw) if call.latent_hw is not None else None
 
     def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return z
@@ -70,7 +69,8 @@ class AttentionStore:
         if not self.sums:
             raise RuntimeError("no cross-attention was stored: the controller was not passed to the UNet")
         stacked = torch.stack([self.sums[n] for n in sorted(self.sums)], dim=1)  # (B, n_layers, Q, K)
-        h, w = self.grid
+        side = int(round(stacked.shape[2] ** 0.5))
+        h, w = self.grid or (side, side)
         return stacked.reshape(stacked.shape[0], stacked.shape[1], h, w, stacked.shape[3])  # Q = h·w
 
     def average(self) -> torch.Tensor:
