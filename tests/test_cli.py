@@ -226,7 +226,7 @@ BAD_INPUT = {
     "not an image": (lambda f: _edit(is_train="True", image_path=f["not_image"]), ["notes.jpg", "not a readable image"]),
     "empty prompt": (lambda f: _edit(is_train="True", prompt=""), ["--prompt is empty"]),
     "prompt over 77 tokens": (lambda f: _edit(is_train="True", prompt="dog " * 80), ["82 tokens", "77"]),
-    "unknown sd_version": (lambda f: _edit(sd_version="sd_2_1", model=None), ["--sd_version 'sd_2_1'", "sd_1_4, sd_1_5"]),
+    "unknown sd_version": (lambda f: _edit(sd_version="sd_9_9", model=None), ["--sd_version 'sd_9_9'", "sd_1_4, sd_1_5"]),
     "model folder without unet": (lambda f: _edit(model=f["no_unet"]), ["not a Stable Diffusion pipeline", "unet/"]),
     "blend word not in prompt": (lambda f: _edit(blend_word="[('horse',), ('tiger',)]"),
                                  ["'horse'", "its tokens are", "'dog'", "'carpet'"]),
