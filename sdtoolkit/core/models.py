@@ -34,9 +34,12 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise UsageError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available here; use --device cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | None) -> torch.dtype:

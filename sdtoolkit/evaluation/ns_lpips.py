@@ -42,6 +42,7 @@ from sdtoolkit.cli import flags as cli
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write, case_filename
+from sdtoolkit.core.models import resolve_device
 from sdtoolkit.jobs.cases import read_cases
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # defaults live here, wherever the script is run from
@@ -236,17 +237,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _device(name: str) -> torch.device:
-    """Parse --device; raise UsageError for an unknown or unavailable device."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: CUDA is not available here; use --device cpu")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     """Score the selected cases, write the per-case CSV, print the mean; return the exit status."""
     cases = editing_cases(args.prompts_path, args.from_case, args.end_case)
@@ -254,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                          ("--mask_path", args.mask_path)):
         if not folder.is_dir():
             raise UsageError(f"{flag} {folder}: no such folder")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     out = args.out or args.edited_path.resolve().parent / f"ns_lpips_{args.mode}.csv"
 
     present, incomplete = [], 0

@@ -52,6 +52,7 @@ from sdtoolkit.jobs.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_e
                                            select_cases)
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write
+from sdtoolkit.core.models import resolve_device
 from sdtoolkit.evaluation import toy_scores
 from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR
 
@@ -453,23 +454,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(name: str) -> torch.device:
-    """Parse --device; UsageError for an unknown or unavailable device."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: CUDA is not available here; use --device cpu")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     """Check the input, score, write the CSVs and print the tables; return the exit status."""
     types = check_editing_types(args.edit_category_list)
     if args.random_size != "full" and not args.offline_random_weights:
         raise UsageError("--random_size only applies with --offline_random_weights")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     methods = list(dict.fromkeys(args.methods))
     for method in methods:
         if not method_folder(args.output_path, method).is_dir():

@@ -160,11 +160,11 @@ class NegativePromptInversion(Inversion):
         return {"z_T": self.z_T} | ({"source_pooled": self.source_pooled} if self.source_pooled is not None else {})
 
 
-@register
-class NullTextInversion(Inversion):
-    """Null-text inversion (Mokady et al. 2023): one optimised unconditional embedding per step."""
+class PerStepEmbeddingInversion(Inversion):
+    """One optimised prompt embedding per step on one branch (``branch``), saved under ``tensor_key``."""
 
-    name = InversionMethod.NULLTEXT
+    branch: Branch
+    tensor_key: str
 
     def __init__(self, z_T: torch.Tensor, null: torch.Tensor, per_step: torch.Tensor) -> None:
         super().__init__(z_T, null)
@@ -172,45 +172,40 @@ class NullTextInversion(Inversion):
 
     @classmethod
     def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
-        per_step, log = train_embeddings(models, trace, text, null, schedule, settings, Branch.UNCOND, progress)
+        per_step, log = train_embeddings(models, trace, text, null, schedule, settings, cls.branch, progress)
         return cls(trace.latents[schedule.num_steps], null, per_step), log
 
     @classmethod
     def from_tensors(cls, tensors, null, source_text, num_steps):
-        return cls(tensors["z_T"].to(null.device), null, tensors["null_text"].to(null.device, null.dtype))
+        return cls(tensors["z_T"].to(null.device), null, tensors[cls.tensor_key].to(null.device, null.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"z_T": self.z_T, self.tensor_key: self.per_step}
+
+
+@register
+class NullTextInversion(PerStepEmbeddingInversion):
+    """Null-text inversion (Mokady et al. 2023): one optimised unconditional embedding per step."""
+
+    name = InversionMethod.NULLTEXT
+    branch = Branch.UNCOND
+    tensor_key = "null_text"
 
     def uncond(self, i: int, batch: int) -> torch.Tensor:
         return self.per_step[i].expand(batch, -1, -1)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"z_T": self.z_T, "null_text": self.per_step}
-
 
 @register
-class TextEmbeddingInversion(Inversion):
+class TextEmbeddingInversion(PerStepEmbeddingInversion):
     """Text-embedding inversion (the reference's baseline beside null-text, docs/method.md §5): one optimised
     source-prompt embedding per step, keys and values of the conditional branch; the target keeps its own."""
 
     name = InversionMethod.TEXTINV
-
-    def __init__(self, z_T: torch.Tensor, null: torch.Tensor, per_step: torch.Tensor) -> None:
-        super().__init__(z_T, null)
-        self.per_step = per_step  # (T, 1, L, D)
-
-    @classmethod
-    def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
-        per_step, log = train_embeddings(models, trace, text, null, schedule, settings, Branch.COND, progress)
-        return cls(trace.latents[schedule.num_steps], null, per_step), log
-
-    @classmethod
-    def from_tensors(cls, tensors, null, source_text, num_steps):
-        return cls(tensors["z_T"].to(null.device), null, tensors["cond_text"].to(null.device, null.dtype))
+    branch = Branch.COND
+    tensor_key = "cond_text"
 
     def cond_texts(self, i: int, texts: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.per_step[i].to(texts.dtype), texts[1:]])
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"z_T": self.z_T, "cond_text": self.per_step}
 
 
 @register
