@@ -13,16 +13,14 @@ from sdtoolkit.core.ddim import (
     SCHEDULER_CONFIG,
     PredictionType,
     betas_alphas_cumprod,
-    early_stop_threshold,
     guided_eps,
-    inner_steps,
     inversion_step,
-    learning_rate,
     make_schedule,
     sample_step,
     schedule_from_config,
     split_prediction,
 )
+from sdtoolkit.core.schedules import early_stop_threshold, inner_steps, learning_rate
 from sdtoolkit.core.tiny import build_tiny_models
 
 REFERENCE_SCHEDULER_ARGS = dict(

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.cli import stylediffusion, stylediffusion_csv
-from sdtoolkit.core.ddim import learning_rate
+from sdtoolkit.core.schedules import learning_rate
 from sdtoolkit.core.settings import InversionMethod, InvertConfig
 from sdtoolkit.jobs.invert import invert
 from sdtoolkit.methods.inversions import TextEmbeddingInversion, method_class

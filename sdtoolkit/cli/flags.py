@@ -9,6 +9,7 @@ from typing import Callable, NoReturn
 from sdtoolkit.core.checks import check_fractions
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import Schedule
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the toolkit's error convention: a bad flag prints ONE line, ``prog: error: …``, and exits 2
@@ -116,11 +117,19 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     group.add_argument("--dtype", default="auto", help="auto (= fp32, as the reference), fp32, bf16, fp16")
     if compile_flag:
-        group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
+        group.add_argument("--compile", action="store_true",
+                           help="compile the UNet's repeated blocks (regional torch.compile: seconds of compile time)")
     group.add_argument("--vae_tiling", action="store_true", help="decode/encode the VAE in tiles (less memory at 1024²)")
     group.add_argument("--vae_slicing", action="store_true", help="VAE one image of the batch at a time")
     group.add_argument("--gradient_checkpointing", action="store_true",
                        help="recompute UNet activations in the training backward pass (less memory, slower)")
+
+
+def add_schedule_flag(group) -> None:
+    """``--schedule``: how the per-step optimisation spends its iterations (docs/method.md §3a)."""
+    group.add_argument("--schedule", choices=[s.value for s in Schedule], default=Schedule.REFERENCE.value,
+                       help="'reference': the published inner-iteration schedule; 'fast': warm-started Adam and a stop "
+                       "on the loss's plateau (about 4x fewer UNet passes at equal quality, README 'Speed')")
 
 
 def positive_int(text: str) -> int:

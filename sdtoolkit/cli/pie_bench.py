@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.settings import InversionMethod, Taus, to_enum
+from sdtoolkit.core.settings import InversionMethod, Schedule, Taus, to_enum
 from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, method_dir, run_case
 from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, select_cases
 
@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit_category_list", nargs="+", default=None, help="editing type ids 0-9 (default: all)")
     p.add_argument("--from_case", type=int, default=0, help="first case (position in mapping_file.json, 0-based)")
     p.add_argument("--end_case", type=int, default=None, help="stop before this position (default: the last case)")
-    cli.add_model_flags(p, compile_flag=False)
+    cli.add_model_flags(p)
     p.add_argument("--num_ddim_steps", type=int, default=50)
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
     p.add_argument("--num_epoch", type=int, default=1)
+    cli.add_schedule_flag(p)
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--tau_v", type=float, default=0.5)
     p.add_argument("--tau_c", type=float, default=0.6)
@@ -70,7 +71,8 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
                        guidance_scale=args.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
                        replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
-                       seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect)
+                       seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect,
+                       schedule=to_enum(Schedule, args.schedule, "--schedule"))
 
 
 def manifest(settings: PieSettings, args: argparse.Namespace, n_cases: int, processes: int) -> dict:

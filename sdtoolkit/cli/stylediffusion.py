@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_inner_steps", type=int, default=None,
                    help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and textinv)")
     g.add_argument("--num_epoch", type=int, default=1)
+    cli.add_schedule_flag(g)
     g.add_argument("--w_attnloss", type=cli.str2bool, default=True, help="add the cross-attention loss")
     g.add_argument("--attn_pairing", choices=[m.value for m in AttnPairing], default=AttnPairing.SAME.value,
                    help="'reference' pairs step i with the maps one step noisier (the reference's shift)")
@@ -76,7 +77,7 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
         attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir, resolution=args.resolution,
-        keep_aspect=args.keep_aspect,
+        keep_aspect=args.keep_aspect, schedule=args.schedule,
     )
     edit = EditConfig(
         target=args.target, edit_type=edit_type, tau_v=cli.fraction_list(args.tau_v, "--tau_v"),

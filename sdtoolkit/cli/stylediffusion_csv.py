@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext, textinv)")
     p.add_argument("--num_epoch", type=int, default=1)
+    cli.add_schedule_flag(p)
     p.add_argument("--w_attnloss", type=cli.str2bool, default=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt="", image_path="", model=model, inversion=inversion,
         num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
-        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect,
+        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect, schedule=args.schedule,
     )
     results: list[tuple[str, str, str]] = []
     tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""

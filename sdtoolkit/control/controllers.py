@@ -94,7 +94,8 @@ class LocalBlend:
     def mask(self, store: AttentionStore, latent_hw: tuple[int, int]) -> torch.Tensor:
         """Blend mask (1, 1, h, w) of 0/1 floats from the stored maps."""
         maps = store.maps()  # (B, n_layers, mh, mw, K)
-        alphas = self.word_alphas.to(maps.device)[:, None, None, None, :]
+        self.word_alphas = self.word_alphas.to(maps.device)  # moved once, not copied at every step
+        alphas = self.word_alphas[:, None, None, None, :]
         maps = (maps * alphas).sum(-1).mean(1, keepdim=True)  # (B, 1, mh, mw)
         maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
         maps = F.interpolate(maps, size=latent_hw)
@@ -184,18 +185,36 @@ class P2PController:
             self.mapper = mapper  # (B-1, K)
             self.alphas = alphas.reshape(alphas.shape[0], 1, 1, alphas.shape[1])  # (B-1, 1, 1, K)
         self.cross_alpha = get_time_words_attention_alpha(prompts, num_steps, tau_c, tokenizer, max_len)
+        # per step: does any word of any target still take the source's cross-attention (a Python bool, read
+        # without a device sync and without a graph break under torch.compile)
+        self.cross_steps = tuple(bool(a.any()) for a in self.cross_alpha)
         self.n_s = int(num_steps * float(tau_s))  # steps with conditional self-attention injected
         self.n_u = int(num_steps * float(tau_u))  # steps with unconditional self-attention injected (P2Plus)
         self.equalizer = equalizer
         self.local_blend = local_blend
         self.max_self_resolution = latent_size // 2
         self.store = AttentionStore(layers)
+        self._placed: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor | None]] = {}
+
+    def placed(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
+        """The mapper, Refinement alphas, per-step cross alphas and equalizer on ``device`` in ``dtype``, copied
+        there once (a host-to-device copy per layer call would stall the GPU at every attention layer)."""
+        key = (device, dtype)
+        if key not in self._placed:
+            mapper = self.mapper.to(device)
+            self._placed[key] = {
+                "mapper": mapper if self.edit_type is EditType.REFINEMENT else mapper.to(dtype),
+                "alphas": None if self.alphas is None else self.alphas.to(device, dtype),
+                "cross_alpha": self.cross_alpha.to(device, dtype),
+                "equalizer": None if self.equalizer is None else self.equalizer.to(device, dtype)[:, None, None, :],
+            }
+        return self._placed[key]
 
     def _self_layer(self, layer: LayerInfo) -> bool:
         return not layer.is_cross and layer.resolution <= self.max_self_resolution
 
     def cross_active(self, step: int) -> bool:
-        return bool(self.cross_alpha[min(step, self.cross_alpha.shape[0] - 1)].any())
+        return self.cross_steps[min(step, len(self.cross_steps) - 1)]
 
     def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
         if call.branch == Branch.UNCOND:
@@ -206,14 +225,14 @@ class P2PController:
 
     def replace_cross_attention(self, base: torch.Tensor, replace: torch.Tensor) -> torch.Tensor:
         """Target maps from the source's: base (h, Q, K), replace (B-1, h, Q, K) → (B-1, h, Q, K)."""
+        on = self.placed(base.device, base.dtype)
         if self.edit_type is EditType.REPLACEMENT:
-            out = torch.einsum("hpw,bwn->bhpn", base, self.mapper.to(base.device, base.dtype))
+            out = torch.einsum("hpw,bwn->bhpn", base, on["mapper"])
         else:
-            mapped = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (B-1, h, Q, K)
-            alphas = self.alphas.to(base.device, base.dtype)
-            out = mapped * alphas + replace * (1 - alphas)
-        if self.equalizer is not None:
-            out = out * self.equalizer.to(base.device, base.dtype)[:, None, None, :]
+            mapped = base[:, :, on["mapper"]].permute(2, 0, 1, 3)  # (B-1, h, Q, K)
+            out = mapped * on["alphas"] + replace * (1 - on["alphas"])
+        if on["equalizer"] is not None:
+            out = out * on["equalizer"]
         return out
 
     def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
@@ -230,7 +249,7 @@ class P2PController:
         if layer.is_cross:
             if not self.cross_active(call.step):
                 return probs
-            alpha = self.cross_alpha[call.step].to(probs.device, probs.dtype)  # (B-1, 1, 1, K)
+            alpha = self.placed(probs.device, probs.dtype)["cross_alpha"][call.step]  # (B-1, 1, 1, K)
             new = self.replace_cross_attention(base, replace) * alpha + (1 - alpha) * replace
         else:  # self-attention, called only at the steps wants_probs selects (tau_s / tau_u)
             new = base.unsqueeze(0).expand_as(replace)

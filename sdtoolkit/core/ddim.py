@@ -227,18 +227,3 @@ def guided_eps(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) 
     parameterisation (eps, v or x0), as diffusers' pipelines do. At a fixed latent and level the conversion
     to (eps, x0) is affine with weights summing to one, so guiding v or x0 equals guiding eps."""
     return uncond + guidance_scale * (cond - uncond)
-
-
-def inner_steps(num_inner_steps: int, i: int) -> int:
-    """Optimisation iterations at sampling step i: ceil(num_inner_steps · exp(-0.1 i))."""
-    return math.ceil(num_inner_steps * math.exp(-0.1 * i))
-
-
-def learning_rate(i: int) -> float:
-    """Adam learning rate at sampling step i: 0.01 · (1 - i/100)."""
-    return 0.01 * (1.0 - i / 100.0)
-
-
-def early_stop_threshold(i: int) -> float:
-    """Stop optimising step i once the loss is below 1e-5 + i · 2e-5."""
-    return 1e-5 + i * 2e-5

@@ -266,6 +266,29 @@ def _scheduler_config(source: str, is_local: bool) -> dict | None:
         return None
 
 
+REPEATED_BLOCKS = ("FeedForward", "ResnetBlock2D")
+"""The UNet's repeated blocks that read no per-call state, compiled one by one by :func:`compile_repeated_blocks`:
+the transformer blocks' feed-forward (GEGLU) and the ResNet blocks (GroupNorm, SiLU, convolutions)."""
+
+
+def compile_repeated_blocks(unet: torch.nn.Module, **kwargs) -> int:
+    """Regional compilation (PyTorch's recipe, as diffusers' ``compile_repeated_blocks`` does for models that name
+    their blocks): ``torch.compile`` each of the UNet's :data:`REPEATED_BLOCKS` instead of the whole model, so
+    blocks of one shape share a graph and compiling takes seconds. The attention layers stay eager: their
+    processors take per-call, per-layer decisions (which maps to record or edit at this step and branch), and a
+    compiled region around them is specialised per layer, step window and branch (tens of graphs on the tiny
+    model, each traced anew). ``kwargs`` go to ``torch.compile`` (e.g. ``backend``, ``fullgraph``); the cache
+    limit is raised because blocks of several widths, with and without gradient, each add a graph. Returns the
+    number of blocks compiled."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    blocks = [m for m in unet.modules() if type(m).__name__ in REPEATED_BLOCKS]
+    for block in blocks:
+        block.compile(**kwargs)
+    return len(blocks)
+
+
 def load_models(
     model: str,
     device: str | None = "auto",
@@ -281,7 +304,8 @@ def load_models(
 
     The image encoder comes from ``image_encoder`` if given, else the pipeline folder's ``image_encoder/``,
     else ``openai/clip-vit-base-patch16``; its width may differ from the text width (the mapping networks then
-    learn a projection, docs/method.md §3). ``compile_unet`` wraps the UNet's forward in ``torch.compile``;
+    learn a projection, docs/method.md §3). ``compile_unet`` compiles the UNet's repeated blocks
+    (:func:`compile_repeated_blocks`);
     ``vae_tiling`` / ``vae_slicing`` / ``gradient_checkpointing`` (UNet, during training) lower peak memory.
     """
     from sdtoolkit.core.tiny import TINY_MODELS
@@ -350,7 +374,7 @@ def load_models(
     if gradient_checkpointing:
         parts["unet"].enable_gradient_checkpointing()
     if compile_unet:
-        parts["unet"].compile()
+        compile_repeated_blocks(parts["unet"])
     return SDModels(model_id=model_id, device=dev, dtype=dt, family=family, scheduler_config=scheduler_config,
                     image_encoder_id=enc_source, **parts)
 

@@ -51,6 +51,14 @@ class EditType(enum.StrEnum):
     STORE_ATTN = "StoreAttn"
 
 
+class Schedule(enum.StrEnum):
+    """How the per-step optimisation spends its iterations (``sdtoolkit.core.schedules``, docs/method.md §3a):
+    the published schedule, or ours (warm-started Adam, stop on the loss's plateau)."""
+
+    REFERENCE = "reference"
+    FAST = "fast"
+
+
 class AttnPairing(enum.StrEnum):
     """Which inversion maps the attention loss of step i compares with: step i, or the reference's i - 1."""
 
@@ -99,6 +107,7 @@ class TrainSettings:
     guidance_scale: float = 7.5
     attn_pairing: AttnPairing = AttnPairing.SAME
     early_stop: bool = True
+    schedule: Schedule = Schedule.REFERENCE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,15 +131,17 @@ class InvertConfig:
     model_dir: str = "."
     resolution: int | None = None  # square side, or the short side with keep_aspect; None: the model's default
     keep_aspect: bool = False
+    schedule: Schedule = Schedule.REFERENCE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inversion", to_enum(InversionMethod, self.inversion, "--inversion"))
         object.__setattr__(self, "attn_pairing", to_enum(AttnPairing, self.attn_pairing, "--attn_pairing"))
+        object.__setattr__(self, "schedule", to_enum(Schedule, self.schedule, "--schedule"))
 
     def train_settings(self) -> TrainSettings:
         """The optimisation settings of this inversion."""
         return TrainSettings(self.num_inner_steps, self.num_epoch, self.w_attnloss, self.guidance_scale,
-                             self.attn_pairing)
+                             self.attn_pairing, schedule=self.schedule)
 
     def folder(self) -> Path:
         """``model_learnv`` (+ ``_1word``, ``_woattnloss``) as the reference; ``model_{method}`` for baselines."""
@@ -141,7 +152,9 @@ class InvertConfig:
         return Path(self.model_dir) / name
 
     def path(self) -> Path:
-        return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{self.inversion.tag}-[{self.index}].safetensors"
+        """The reference's file name; a non-reference schedule adds its name (``…-learnv-fast-[1]``)."""
+        tag = self.inversion.tag + ("" if self.schedule is Schedule.REFERENCE else f"-{self.schedule.value}")
+        return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{tag}-[{self.index}].safetensors"
 
     def identity(self, image_sha256: str, model_fingerprint: str, run: Mapping[str, Any]) -> dict:
         """What a saved result must match to be reused: image, weights and every setting that changes it.
@@ -154,7 +167,7 @@ class InvertConfig:
             "num_ddim_steps": self.num_ddim_steps, "guidance_scale": self.guidance_scale,
             "num_inner_steps": self.num_inner_steps, "num_epoch": self.num_epoch, "w_attnloss": self.w_attnloss,
             "is_1word": self.is_1word, "crop": list(self.crop), "attn_pairing": self.attn_pairing, "seed": self.seed,
-            "resolution": self.resolution, "keep_aspect": self.keep_aspect, **run,
+            "resolution": self.resolution, "keep_aspect": self.keep_aspect, "schedule": self.schedule, **run,
         }
 
     def train_command(self) -> str:
@@ -185,6 +198,8 @@ class InvertConfig:
             args += ["--resolution", str(self.resolution)]
         if self.keep_aspect:
             args += ["--keep_aspect"]
+        if self.schedule is not Schedule.REFERENCE:
+            args += ["--schedule", self.schedule.value]
         return shlex.join(args)
 
 

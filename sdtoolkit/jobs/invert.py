@@ -22,7 +22,7 @@ from sdtoolkit.methods.training import TrainLog
 MATCH_KEYS = (
     "inversion", "prompt", "image_sha256", "model", "num_ddim_steps", "guidance_scale", "num_inner_steps",
     "num_epoch", "w_attnloss", "is_1word", "crop", "attn_pairing", "model_fingerprint", "resolution", "keep_aspect",
-    "seed", "steps_offset", "prediction_type", "image_encoder", "dtype",
+    "seed", "steps_offset", "prediction_type", "image_encoder", "dtype", "schedule",
 )
 """Every setting a saved result must match to be reused by training (``--is_train`` reruns)."""
 EDIT_KEYS = (
@@ -31,7 +31,7 @@ EDIT_KEYS = (
 )
 """What a saved result must match to be used for editing: dtype and seed may differ (fp32-trained networks
 edit in bf16); a result made with another prompt, schedule or image encoder is refused."""
-ADDED_KEYS = {"resolution": None, "keep_aspect": False}
+ADDED_KEYS = {"resolution": None, "keep_aspect": False, "schedule": "reference"}
 """Identity keys newer than some saved sidecars, with the value those sidecars were made with (results older
 than ``steps_offset`` are refused: their timesteps differ)."""
 

@@ -32,7 +32,7 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import tensor_to_pil
 from sdtoolkit.core.io import save_image, write_json
 from sdtoolkit.core.models import SDModels
-from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Taus
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
 from sdtoolkit.core.words import word_spans
 from sdtoolkit.jobs.edit import edit_latents
 from sdtoolkit.jobs.invert import invert, load_inversion, load_source
@@ -73,6 +73,7 @@ class PieSettings:
     seed: int = 0
     resolution: int | None = None  # None: the model's default size (512² for SD 1.x, PIE-Bench's size)
     keep_aspect: bool = False
+    schedule: Schedule = Schedule.REFERENCE
 
     @property
     def track(self) -> Track:
@@ -92,6 +93,7 @@ class PieSettings:
             inversion=self.method, num_ddim_steps=self.num_ddim_steps, guidance_scale=self.guidance_scale,
             num_inner_steps=self.num_inner_steps, num_epoch=self.num_epoch, seed=self.seed,
             model_dir=str(inversion_dir), resolution=self.resolution, keep_aspect=self.keep_aspect,
+            schedule=self.schedule,
         )
 
 

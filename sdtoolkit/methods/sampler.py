@@ -25,6 +25,27 @@ def check_finite(value: torch.Tensor, what: str, step: int) -> None:
         )
 
 
+class FiniteWatch:
+    """Per-step "is it finite" flags kept on the device and read once by :meth:`check` (no host sync per step);
+    the error names the first step whose value was not finite, as :func:`check_finite` would have."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.steps: list[int] = []
+        self.flags: list[torch.Tensor] = []
+
+    def add(self, value: torch.Tensor, step: int) -> None:
+        self.steps.append(step)
+        self.flags.append(torch.isfinite(value).all())
+
+    def check(self) -> None:
+        if not self.flags:
+            return
+        ok = torch.stack(self.flags).cpu().tolist()
+        if not all(ok):
+            check_finite(torch.tensor(float("nan")), self.what, self.steps[ok.index(False)])
+
+
 def sample(
     models: SDModels,
     schedule: DDIMSchedule,
@@ -50,6 +71,7 @@ def sample(
     """
     batch = texts.shape[0]
     z = inversion.z_T.expand(batch, -1, -1, -1).clone()
+    watch = FiniteWatch("the sampled latent")
     with torch.no_grad(), style_processors(models.unet):
         for i in tqdm(range(schedule.num_steps), desc=desc, disable=not progress, leave=False):
             t = schedule.timesteps[i]
@@ -62,7 +84,8 @@ def sample(
             z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
             if controller is not None:
                 z = controller.step_callback(z, i)
-            check_finite(z, "the sampled latent", i)
+            watch.add(z, i)
+    watch.check()
     return z
 
 

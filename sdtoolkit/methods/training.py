@@ -6,6 +6,7 @@ until one guided DDIM step from the current latent reaches the inversion latent 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,11 +15,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, map_layers, style_processors
-from sdtoolkit.core.ddim import DDIMSchedule, early_stop_threshold, guided_eps, inner_steps, learning_rate, sample_step
+from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
 from sdtoolkit.core.mapping import MappingNetworks
 from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.schedules import StepPlan, step_plan
 from sdtoolkit.core.settings import AttnPairing, TrainSettings
-from sdtoolkit.methods.sampler import check_finite
+from sdtoolkit.methods.sampler import NonFiniteError, check_finite
 
 
 @dataclass
@@ -46,28 +48,50 @@ def reference_pairing(i: int) -> int:
 def optimise_step(
     step_loss: Callable[[], torch.Tensor],
     optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    plan: StepPlan,
     i: int,
-    n_inner: int,
-    early_stop: bool,
     bar: tqdm,
     num_steps: int,
     what: str,
 ) -> int:
-    """Adam on step i's parameters: up to ``n_inner`` iterations of ``step_loss``, stopping early once the loss
-    falls under ``early_stop_threshold(i)`` (docs/method.md §3). Returns the iterations run."""
-    for j in range(n_inner):
+    """Adam on step i's ``params`` for up to ``plan.iterations`` iterations of ``step_loss``, stopping as
+    ``plan.stops`` says (docs/method.md §3, §3a). The losses stay on the device and are read once per
+    ``plan.window`` iterations (no host sync per iteration); a stop found inside a window restores the
+    parameters of that iteration (kept in a ring of copies), so the result is the per-iteration rule's. A
+    non-finite loss stops the run naming the step. Returns the iterations kept."""
+    losses: list[torch.Tensor] = []
+    values: list[float] = []
+    rewind = plan.stop_below is not None and plan.window > 1
+    ring = [[p.detach().clone() for p in params] for _ in range(plan.window)] if rewind else []
+    for j in range(plan.iterations):
+        if plan.warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = plan.lr_at(j)
         loss = step_loss()
-        check_finite(loss.detach(), what, i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = loss.item()
-        bar.update(1)
-        bar.set_postfix(step=f"{i + 1}/{num_steps}", it=j + 1, loss=f"{loss_value:.2e}")
-        if early_stop and loss_value < early_stop_threshold(i):
-            bar.update(n_inner - j - 1)
-            break
-    return j + 1
+        losses.append(loss.detach())
+        if rewind:
+            torch._foreach_copy_(ring[j % plan.window], [p.detach() for p in params])
+        if (j + 1) % plan.window and j + 1 < plan.iterations:
+            continue
+        start = len(values)
+        values += torch.stack(losses[start:]).float().cpu().tolist()  # the one host read of this window
+        bad = next((k for k in range(start, len(values)) if not math.isfinite(values[k])), None)
+        if bad is not None:
+            raise NonFiniteError(f"{what} is not finite at sampling step {i} (iteration {bad + 1}): try --dtype fp32, "
+                                 "or a smaller learning rate / fewer inner steps")
+        bar.update(len(values) - start)
+        bar.set_postfix(step=f"{i + 1}/{num_steps}", it=len(values), loss=f"{values[-1]:.2e}", refresh=False)
+        kept = plan.stops(values, start)
+        if kept is not None:
+            if rewind and kept < len(values):
+                torch._foreach_copy_([p.detach() for p in params], ring[(kept - 1) % plan.window])
+            bar.update(plan.iterations - len(values))
+            return kept
+    return plan.iterations
 
 
 def stylediffusion_loss(
@@ -118,8 +142,8 @@ def train_mapping(
     mapping = mapping.to(models.device)
     text = text.float()
     log = TrainLog()
-    total = settings.num_epoch * sum(inner_steps(settings.num_inner_steps, i) for i in range(num))
-    bar = tqdm(total=total, desc="training M_t", disable=not progress)
+    plans = [step_plan(settings.schedule, settings.num_inner_steps, i, True, settings.early_stop) for i in range(num)]
+    bar = tqdm(total=settings.num_epoch * sum(p.iterations for p in plans), desc="training M_t", disable=not progress)
     with style_processors(models.unet):
         for epoch in range(settings.num_epoch):
             z = trace.latents[num]
@@ -129,13 +153,14 @@ def train_mapping(
                     mapping.init_from_previous(i)
                 target = trace.latents[num - i - 1]
                 gt = trace.maps[reference_pairing(i) if settings.attn_pairing is AttnPairing.REFERENCE else i]
-                optimizer = torch.optim.Adam(mapping.nets[i].parameters(), lr=learning_rate(i))
+                params = list(mapping.nets[i].parameters())
+                optimizer = torch.optim.Adam(params, lr=plans[i].lr)
                 with torch.no_grad():
                     eps_u = models.predict(z, t, null, AttnCall(i, Branch.UNCOND))
                 step_loss = lambda: stylediffusion_loss(models, schedule, mapping, i, z, eps_u, target, gt, text,  # noqa: E731
                                                         features, settings, names, trace.pooled)
-                log.iterations.append(optimise_step(step_loss, optimizer, i, inner_steps(settings.num_inner_steps, i),
-                                                    settings.early_stop, bar, num, "the training loss"))
+                log.iterations.append(optimise_step(step_loss, optimizer, params, plans[i], i, bar, num,
+                                                    "the training loss"))
                 with torch.no_grad():
                     value = mapping.value_input(i, features, text)
                     eps_c = models.predict(z, t, text, AttnCall(i, Branch.COND, value_states=value), trace.pooled)
@@ -170,7 +195,8 @@ def train_embeddings(
     log = TrainLog()
     what = "null-text" if branch is Branch.UNCOND else "text-embedding"
     pooled = {Branch.COND: trace.pooled, Branch.UNCOND: None}  # SDXL: the prompt's pooled embedding / zeros
-    bar = tqdm(total=num * settings.num_inner_steps, desc=f"{what} inversion", disable=not progress)
+    plans = [step_plan(settings.schedule, settings.num_inner_steps, i, False, settings.early_stop) for i in range(num)]
+    bar = tqdm(total=sum(p.iterations for p in plans), desc=f"{what} inversion", disable=not progress)
 
     def guided(eps_learned: torch.Tensor, eps_fixed: torch.Tensor) -> torch.Tensor:
         if branch is Branch.UNCOND:
@@ -183,7 +209,7 @@ def train_embeddings(
             t = schedule.timesteps[i]
             target = trace.latents[num - i - 1]
             learned = learned.detach().requires_grad_(True)
-            optimizer = torch.optim.Adam([learned], lr=learning_rate(i))
+            optimizer = torch.optim.Adam([learned], lr=plans[i].lr)
             with torch.no_grad():
                 eps_fixed = models.predict(z, t, fixed, AttnCall(i, other), pooled[other])
 
@@ -191,8 +217,8 @@ def train_embeddings(
                 eps = models.predict(z, t, learned, AttnCall(i, branch), pooled[branch])
                 return F.mse_loss(sample_step(schedule, i, z, guided(eps, eps_fixed)), target)
 
-            log.iterations.append(optimise_step(step_loss, optimizer, i, settings.num_inner_steps, settings.early_stop,
-                                                bar, num, f"the {what} loss"))
+            log.iterations.append(optimise_step(step_loss, optimizer, [learned], plans[i], i, bar, num,
+                                                f"the {what} loss"))
             learned = learned.detach()
             per_step.append(learned.clone())
             with torch.no_grad():

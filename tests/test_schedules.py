@@ -1,0 +1,110 @@
+"""The inner-iteration schedules (docs/method.md §3, §3a) and the windowed optimisation loop that runs them."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tqdm.auto import tqdm
+
+from sdtoolkit.core.schedules import (
+    FAST_PLATEAU,
+    FAST_WARMUP,
+    FAST_WINDOW,
+    FAST_WINDOW_FIRST,
+    StepPlan,
+    early_stop_threshold,
+    inner_steps,
+    learning_rate,
+    step_plan,
+)
+from sdtoolkit.core.settings import InvertConfig, Schedule
+from sdtoolkit.methods.sampler import NonFiniteError
+from sdtoolkit.methods.training import optimise_step
+
+
+def test_reference_plan_is_the_published_schedule():
+    """The reference's n_i = ceil(100 e^(-0.1 i)) (StyleDiffusion) / N every step (null-text), lr 0.01(1 - i/100),
+    early stop under 1e-5 + i 2e-5, Adam anew each step."""
+    for i in (0, 1, 29, 49):
+        plan = step_plan(Schedule.REFERENCE, 100, i)
+        assert plan.iterations == inner_steps(100, i)
+        assert plan.lr == learning_rate(i)
+        assert plan.stop_below == early_stop_threshold(i)
+        assert plan.plateau is None and plan.warmup == 0
+    assert step_plan(Schedule.REFERENCE, 10, 29, decaying=False).iterations == 10
+    assert step_plan(Schedule.REFERENCE, 100, 3, early_stop=False).stop_below is None
+    assert sum(step_plan(Schedule.REFERENCE, 100, i).iterations for i in range(50)) == 1071
+
+
+def test_fast_plan_keeps_the_caps_and_adds_warmup_and_plateau():
+    plan = step_plan(Schedule.FAST, 100, 4)
+    assert plan.iterations == inner_steps(100, 4) and plan.lr == learning_rate(4)
+    assert plan.warmup == FAST_WARMUP and plan.plateau == FAST_PLATEAU and plan.window == FAST_WINDOW
+    assert plan.stop_below is None
+    assert [plan.lr_at(j) / plan.lr for j in range(FAST_WARMUP + 1)] == pytest.approx(
+        [(j + 1) / FAST_WARMUP for j in range(FAST_WARMUP)] + [1.0])
+    first = step_plan(Schedule.FAST, 100, 0)  # step 0 starts from the default init: the reference's lr
+    assert first.warmup == 0 and first.window == FAST_WINDOW_FIRST
+
+
+def test_stops_first_iteration_under_the_threshold():
+    plan = StepPlan(20, 0.01, stop_below=0.5, plateau=None, window=5)
+    losses = [1.0, 0.9, 0.8, 0.4, 0.3]
+    assert plan.stops(losses, 0) == 4  # iteration 4 (1-based) is the first under 0.5
+    assert plan.stops([1.0] * 5, 0) is None
+
+
+def test_plateau_compares_the_best_of_the_last_window_with_the_best_before():
+    plan = StepPlan(100, 0.01, stop_below=None, plateau=0.05, window=2)
+    assert plan.stops([1.0, 0.9], 0) is None  # one window: nothing to compare
+    assert plan.stops([1.0, 0.9, 0.8, 0.85], 2) is None  # 0.8 < 0.95 * 0.9
+    assert plan.stops([1.0, 0.9, 0.88, 0.86], 2) == 4  # 0.86 > 0.95 * 0.9: plateau
+    assert plan.stops([1.0, 0.9, 0.88], 2) is None  # only at window ends
+
+
+def _quadratic_run(plan: StepPlan, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    torch.manual_seed(0)
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=plan.lr)
+    n = optimise_step(lambda: ((w - target) ** 2).mean(), opt, [w], plan, 0, tqdm(disable=True), 1, "the loss")
+    return w.detach().clone(), n
+
+
+def test_windowed_reference_stop_rewinds_to_the_per_iteration_result():
+    """Reading the loss every 10 iterations gives the parameters and count of checking after every iteration."""
+    target = torch.tensor([0.3, -0.2, 0.1])
+    per_iter = StepPlan(100, 0.01, stop_below=2e-3, plateau=None, window=1)
+    w1, n1 = _quadratic_run(per_iter, target)
+    w10, n10 = _quadratic_run(dataclasses.replace(per_iter, window=10), target)
+    assert 1 < n1 < 100 and n1 % 10 != 0  # the stop falls inside a window
+    assert n10 == n1
+    assert torch.equal(w10, w1)
+
+
+def test_warmup_sets_the_learning_rate_of_each_iteration():
+    plan = StepPlan(6, 0.02, stop_below=None, plateau=None, window=3, warmup=4)
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=plan.lr)
+    seen = []
+    optimise_step(lambda: (seen.append(opt.param_groups[0]["lr"]), (w - 1).pow(2).sum())[1], opt, [w], plan, 1,
+                  tqdm(disable=True), 2, "the loss")
+    assert seen == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
+
+
+def test_non_finite_loss_stops_naming_the_step():
+    plan = StepPlan(10, 0.01, stop_below=None, plateau=None, window=5)
+    w = torch.zeros(1, requires_grad=True)
+    with pytest.raises(NonFiniteError, match="step 3"):
+        optimise_step(lambda: (w * float("nan")).sum(), torch.optim.Adam([w]), [w], plan, 3, tqdm(disable=True),
+                      4, "the loss")
+
+
+def test_fast_schedule_names_its_own_file_and_command():
+    ref = InvertConfig(prompt="a cat", image_path="x.png", model="tiny", index=1)
+    fast = dataclasses.replace(ref, schedule=Schedule.FAST)
+    assert ref.path().name == "model-inner100-epoch1-learnv-[1].safetensors"
+    assert fast.path().name == "model-inner100-epoch1-learnv-fast-[1].safetensors"
+    assert "--schedule fast" in fast.train_command() and "--schedule" not in ref.train_command()
+    with pytest.raises(Exception, match="--schedule"):
+        InvertConfig(prompt="a", image_path="x", model="tiny", schedule="quick")
