@@ -346,3 +346,32 @@ def test_stylediffusion_training_optimises_M_t_only_through_the_conditional_valu
         assert step[3] == (i, Branch.COND, False, False, False)  # advancing the latent
     assert not any(p.requires_grad for p in mapping.parameters())
     assert not texts["src"].requires_grad and not features.requires_grad
+
+
+def _kv_grad(tiny, text: torch.Tensor, value: torch.Tensor | None) -> dict[str, tuple[bool, bool]]:
+    """Per cross-attention layer: whether the inputs of to_k and to_v carry a gradient in one conditional call."""
+    seen: dict[str, list[bool]] = {}
+    hooks = []
+    for name, module in tiny.unet.named_modules():
+        if name.endswith("attn2.to_k") or name.endswith("attn2.to_v"):
+            hooks.append(module.register_forward_pre_hook(
+                lambda mod, args, name=name: seen.setdefault(name.rsplit(".", 1)[0], []).append(args[0].requires_grad)))
+    try:
+        with style_processors(tiny.unet):
+            tiny.predict(torch.zeros(1, 4, tiny.latent_size, tiny.latent_size), 501, text,
+                         AttnCall(0, Branch.COND, value_states=value))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: tuple(v) for k, v in seen.items()}
+
+
+def test_textinv_trains_keys_and_values_stylediffusion_values_only(tiny, texts, sd_step):
+    """In every cross-attention layer of the UNet: text-embedding inversion's learned embedding reaches to_k and to_v
+    (keys and values); StyleDiffusion's M_t reaches to_v only, the keys read the fixed prompt (docs/method.md §3)."""
+    learned = texts["src"].clone().requires_grad_(True)
+    both = _kv_grad(tiny, learned, None)
+    assert len(both) == sum(l.is_cross for l in tiny.layers()) and set(both.values()) == {(True, True)}
+    features, mapping = sd_step[3], sd_step[4]
+    values_only = _kv_grad(tiny, texts["src"], mapping.value_input(0, features, texts["src"]))
+    assert set(values_only) == set(both) and set(values_only.values()) == {(False, True)}
