@@ -135,6 +135,18 @@ MUTANTS: tuple[Mutant, ...] = (
            '"text_embeds": pooled.expand(batch, -1).to(self.dtype)',
            '"text_embeds": torch.zeros_like(pooled.expand(batch, -1)).to(self.dtype)',
            (BACKBONES,)),
+    Mutant("NPI: unconditional branch reads the null embedding", "sdtoolkit/methods/inversions.py",
+           "return self.source_text.expand(batch, -1, -1)", "return self.null.expand(batch, -1, -1)",
+           (METHODS,)),
+    Mutant("grid_img: reconstruction and edited swapped", "sdtoolkit/jobs/edit.py",
+           "row = [source.pil, vae_rec, rec, edited]", "row = [source.pil, vae_rec, edited, rec]",
+           (OUTPUTS,)),
+    Mutant("CSV edited/ copy is the grid image", "sdtoolkit/cli/stylediffusion_csv.py",
+           'p.name.startswith("edited_img-")', 'p.name.startswith("grid_img-")',
+           (OUTPUTS,)),
+    Mutant("storemask background mask = foreground", "sdtoolkit/evaluation/storemask.py",
+           "fg_png, bg_png = to_png(fg), to_png(1 - fg)", "fg_png, bg_png = to_png(fg), to_png(fg)",
+           (OUTPUTS,)),
 )
 
 
