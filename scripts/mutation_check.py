@@ -10,6 +10,7 @@ with the tests aimed at each, in minutes on a CPU.
 
     python scripts/mutation_check.py            # all mutants
     python scripts/mutation_check.py --only tau_u   # those whose name contains "tau_u"
+    python scripts/mutation_check.py --only SDXL --only v-prediction   # repeat --only: any of the texts
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PINNED = "tests/test_pinned.py"
 GUARDS = "tests/test_guards.py"
+METHODS = "tests/test_pinned_methods.py"
+OUTPUTS = "tests/test_pinned_outputs.py"
+BACKBONES = "tests/test_pinned_backbones.py"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,41 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("NaN guard on sampled latents removed", "sdtoolkit/methods/sampler.py",
            '            check_finite(z, "the sampled latent", i)\n', "",
            (f"{GUARDS}::test_sampling_stops_at_the_first_non_finite_latent",)),
+    # issue 22: what each method computes
+    Mutant("attention-map loss weighted 0", "sdtoolkit/methods/training.py",
+           "loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())",
+           "loss = loss + 0 * F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())",
+           (METHODS,)),
+    Mutant("null-text optimises the conditional embedding", "sdtoolkit/methods/inversions.py",
+           "    name = InversionMethod.NULLTEXT\n    branch = Branch.UNCOND",
+           "    name = InversionMethod.NULLTEXT\n    branch = Branch.COND",
+           (METHODS,)),
+    Mutant("PIE-Bench 4-panel: reconstruction right-most", "sdtoolkit/jobs/pie.py",
+           "for image in (reconstruction, edited)]", "for image in (edited, reconstruction)]",
+           (OUTPUTS,)),
+    Mutant("SDXL time ids (h, w, h, w, 0, 0)", "sdtoolkit/core/models.py",
+           "torch.tensor([[h, w, 0, 0, h, w]]", "torch.tensor([[h, w, h, w, 0, 0]]",
+           (BACKBONES,)),
+    Mutant("v-prediction handled as epsilon", "sdtoolkit/core/ddim.py",
+           "return make_schedule(num_steps, ac, steps_offset, PredictionType.parse(cfg[\"prediction_type\"]))",
+           "return make_schedule(num_steps, ac, steps_offset, PredictionType.EPSILON)",
+           (BACKBONES,)),
+    Mutant("SDXL pooled embedding dropped (zeros)", "sdtoolkit/core/models.py",
+           '"text_embeds": pooled.expand(batch, -1).to(self.dtype)',
+           '"text_embeds": torch.zeros_like(pooled.expand(batch, -1)).to(self.dtype)',
+           (BACKBONES,)),
+    Mutant("NPI: unconditional branch reads the null embedding", "sdtoolkit/methods/inversions.py",
+           "return self.source_text.expand(batch, -1, -1)", "return self.null.expand(batch, -1, -1)",
+           (METHODS,)),
+    Mutant("grid_img: reconstruction and edited swapped", "sdtoolkit/jobs/edit.py",
+           "row = [source.pil, vae_rec, rec, edited]", "row = [source.pil, vae_rec, edited, rec]",
+           (OUTPUTS,)),
+    Mutant("CSV edited/ copy is the grid image", "sdtoolkit/cli/stylediffusion_csv.py",
+           'p.name.startswith("edited_img-")', 'p.name.startswith("grid_img-")',
+           (OUTPUTS,)),
+    Mutant("storemask background mask = foreground", "sdtoolkit/evaluation/storemask.py",
+           "fg_png, bg_png = to_png(fg), to_png(1 - fg)", "fg_png, bg_png = to_png(fg), to_png(fg)",
+           (OUTPUTS,)),
 )
 
 
@@ -182,13 +221,14 @@ def table(outcomes: list[Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=None, help="run the mutants whose name contains this text")
+    p.add_argument("--only", action="append", default=None,
+                   help="run the mutants whose name contains this text (repeat: any of the texts)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
     p.add_argument("--no_baseline", action="store_true", help="skip the unmutated run of the targeted tests")
     args = p.parse_args(argv)
-    mutants = [m for m in MUTANTS if args.only is None or args.only in m.name]
+    mutants = [m for m in MUTANTS if args.only is None or any(text in m.name for text in args.only)]
     if not mutants:
-        print(f"mutation_check: error: no mutant name contains {args.only!r}", file=sys.stderr)
+        print(f"mutation_check: error: no mutant name contains any of {args.only!r}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
         root = Path(tmp)
