@@ -31,6 +31,7 @@ GUARDS = "tests/test_guards.py"
 METHODS = "tests/test_pinned_methods.py"
 OUTPUTS = "tests/test_pinned_outputs.py"
 BACKBONES = "tests/test_pinned_backbones.py"
+SCHEDULES = "tests/test_schedules.py"
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ MUTANTS: tuple[Mutant, ...] = (
            'torch.einsum("hpw,bwn->bhpn", base,', 'torch.einsum("hpw,bnw->bhpn", base,',
            (PINNED,)),
     Mutant("Refinement alphas ignored", "sdtoolkit/control/controllers.py",
-           "out = mapped * alphas + replace * (1 - alphas)", "out = mapped",
+           'out = mapped * on["alphas"] + replace * (1 - on["alphas"])', "out = mapped",
            (PINNED,)),
     Mutant("per-word tau_c cannot shorten a word's window", "sdtoolkit/core/words.py",
            "                alpha[:, target, positions] = 0.0\n", "",
@@ -110,8 +111,18 @@ MUTANTS: tuple[Mutant, ...] = (
            "target = trace.latents[num - i - 1]\n                gt =", "target = trace.latents[num - i]\n                gt =",
            (PINNED,)),
     Mutant("NaN guard on sampled latents removed", "sdtoolkit/methods/sampler.py",
-           '            check_finite(z, "the sampled latent", i)\n', "",
+           "            watch.add(z, i)\n", "",
            (f"{GUARDS}::test_sampling_stops_at_the_first_non_finite_latent",)),
+    # issue 18: the schedules and the windowed optimisation loop
+    Mutant("reference early stop: no rewind inside a window", "sdtoolkit/methods/training.py",
+           "                torch._foreach_copy_([p.detach() for p in params], ring[(kept - 1) % plan.window])\n", "",
+           (f"{SCHEDULES}::test_windowed_reference_stop_rewinds_to_the_per_iteration_result",)),
+    Mutant("fast schedule: learning-rate warm-up ignored", "sdtoolkit/core/schedules.py",
+           "return self.lr * min(1.0, (j + 1) / self.warmup) if self.warmup else self.lr", "return self.lr",
+           (SCHEDULES,)),
+    Mutant("fast schedule: plateau reads the last loss, not the window's best", "sdtoolkit/core/schedules.py",
+           "now = min(losses[-self.window:])", "now = losses[-1]",
+           (SCHEDULES,)),
     # issue 22: what each method computes
     Mutant("attention-map loss weighted 0", "sdtoolkit/methods/training.py",
            "loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())",

@@ -59,6 +59,7 @@ def test_plateau_compares_the_best_of_the_last_window_with_the_best_before():
     plan = StepPlan(100, 0.01, stop_below=None, plateau=0.05, window=2)
     assert plan.stops([1.0, 0.9], 0) is None  # one window: nothing to compare
     assert plan.stops([1.0, 0.9, 0.8, 0.85], 2) is None  # 0.8 < 0.95 * 0.9
+    assert plan.stops([1.0, 0.9, 0.8, 0.89], 2) is None  # the window's best counts, not its last loss
     assert plan.stops([1.0, 0.9, 0.88, 0.86], 2) == 4  # 0.86 > 0.95 * 0.9: plateau
     assert plan.stops([1.0, 0.9, 0.88], 2) is None  # only at window ends
 
