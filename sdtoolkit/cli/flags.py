@@ -8,7 +8,7 @@ from typing import Callable, NoReturn
 
 from sdtoolkit.core.checks import check_fractions
 from sdtoolkit.core.constants import SD_VERSIONS
-from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.errors import EXPECTED, UsageError, one_line
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the toolkit's error convention: a bad flag prints ONE line, ``prog: error: …``, and exits 2
@@ -153,10 +153,12 @@ def add_attention_flags(group, tau_c: str, tau_s: str, tau_u: str) -> None:
     group.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a :class:`UsageError` becomes one line on stderr and exit status 2."""
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``main``; an expected error (:data:`sdtoolkit.core.errors.EXPECTED`: bad input, the file system's
+    refusals, numbers out of range, memory, non-finite values) becomes one line on stderr, ``[prog: ]error: …``,
+    and exit status 2; anything else keeps its traceback."""
     try:
         return main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except EXPECTED as exc:
+        print(f"{prog + ': ' if prog else ''}error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """The input checks, one per input, shared by the CLIs and the jobs: errors name the bad value and what is valid."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from sdtoolkit.core.constants import SD_VERSIONS
+from sdtoolkit.core.constants import MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.settings import EditConfig, EditType
 
@@ -37,10 +38,72 @@ def check_fractions(values: list[float], what: str, text: object = None) -> list
 
 
 def check_counts(num_inner_steps: int, num_epoch: int, num_ddim_steps: int) -> None:
-    """Step counts must be at least 1 (0 is refused, never replaced by a default)."""
+    """Step counts must be at least 1 (0 is refused, never replaced by a default); T at most the schedule's
+    1000 training timesteps (DDIM subsamples them)."""
     if num_inner_steps < 1 or num_epoch < 1 or num_ddim_steps < 1:
         raise UsageError("--num_inner_steps, --num_epoch and --num_ddim_steps must be >= 1 (got "
                          f"{num_inner_steps}, {num_epoch}, {num_ddim_steps})")
+    check_steps(num_ddim_steps)
+
+
+def check_steps(num_ddim_steps: int) -> None:
+    """1 <= T <= 1000: DDIM picks T of the scheduler's 1000 training timesteps."""
+    if not 1 <= num_ddim_steps <= MAX_DDIM_STEPS:
+        raise UsageError(f"--num_ddim_steps {num_ddim_steps} is outside [1, {MAX_DDIM_STEPS}]: DDIM samples T of the "
+                         f"scheduler's {MAX_DDIM_STEPS} training timesteps")
+
+
+def check_finite(value: float, flag: str) -> float:
+    """A finite float (NaN and inf are refused: they make every latent NaN)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} {value} is not a finite number")
+    return float(value)
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """A seed torch's generators take as it is: an integer in [0, 2**64 - 1]."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise UsageError(f"{flag} {seed!r} is not an integer in [{low}, 2**64 - 1] (what torch's generators accept)")
+    return seed
+
+
+def check_size(resolution: int | None, keep_aspect: bool, image_path: str | None = None,
+               crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    """Size bounds before anything is allocated: --resolution at most 2048; with --keep_aspect the image (after
+    ``crop``, read from its header) at most 4:1 and its long side at most 2048 px once scaled. The model's size
+    step is checked once it is known (:func:`check_multiple`)."""
+    if resolution is not None and resolution > MAX_SIDE:
+        raise UsageError(f"--resolution {resolution} is over the bound of {MAX_SIDE} px a side")
+    if not keep_aspect or image_path is None:
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except OSError:
+        return  # unreadable images are refused by the image loader, naming the file
+    width, height = width - crop[0] - crop[1], height - crop[2] - crop[3]
+    if min(width, height) < 1:
+        return  # the crop is refused by the image loader, naming the offsets
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise UsageError(f"--keep_aspect: {image_path!r} is {width}x{height}, more elongated than the bound of "
+                         f"{MAX_ASPECT}:1; crop it (--crop) or drop --keep_aspect")
+    if resolution is not None and resolution * aspect > MAX_SIDE:
+        raise UsageError(f"--keep_aspect --resolution {resolution}: {image_path!r} ({width}x{height}) would be "
+                         f"{round(resolution * aspect)} px long, over the bound of {MAX_SIDE}; lower --resolution")
+
+
+def check_multiple(resolution: int | None, multiple: int) -> None:
+    """--resolution must be a multiple of the model's size step (64 px for SD, 32 for SDXL); the error names the
+    two valid neighbours."""
+    if resolution is None or (resolution >= multiple and resolution % multiple == 0):
+        return
+    below, above = resolution // multiple * multiple, (resolution // multiple + 1) * multiple
+    valid = f"{below} or {above}" if below >= multiple else f"{above}"
+    raise UsageError(f"--resolution {resolution} is not a multiple of {multiple}, the model's size step; use {valid}")
 
 
 def check_target_given(target: str | None, edit_type: EditType) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from sdtoolkit.core.checks import check_multiple
 from sdtoolkit.core.errors import UsageError
 
 
@@ -41,8 +42,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def fit_size(width: int, height: int, resolution: int, keep_aspect: bool, multiple: int) -> tuple[int, int]:
     """Model input size (h, w): ``resolution``² (the reference), or with ``keep_aspect`` the short side at
     ``resolution`` and the long side scaled with it, rounded to a multiple of ``multiple`` (at least one)."""
-    if resolution < multiple or resolution % multiple:
-        raise UsageError(f"--resolution {resolution} is not a positive multiple of {multiple}, the model's size multiple")
+    check_multiple(resolution, multiple)
     if not keep_aspect:
         return resolution, resolution
     scale = resolution / min(width, height)
@@ -60,6 +60,7 @@ def load_image(
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image {str(path)!r} does not exist (or is not a file)")
+    check_multiple(size, multiple)
     try:
         with Image.open(path) as im:
             im.load()
