@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from sdtoolkit.core.constants import MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.settings import EditConfig, EditType
+from sdtoolkit.core.paths import check_name, check_writable_dir
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
 
 
 def check_image(image_path: str) -> None:
@@ -157,3 +159,24 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
         except ValueError:
             tokens = [t for t in prompt_tokens(text, tokenizer)[1:-1]]
             raise UsageError(f"{what} word {word!r} is not in {text!r}; its tokens are: {tokens}") from None
+
+
+def check_output_names(cfg: InvertConfig, edit: EditConfig | None = None, what: str = "--index") -> None:
+    """The file and folder names built from the index, the prompt and the target: one name each (no path
+    separator, so they stay in their folders) within the file system's 255 bytes."""
+    check_name(str(cfg.index), what)
+    check_name(cfg.path().name, what)
+    if edit is not None:
+        label = "--index and --prompt" if edit.edit_type is EditType.STORE_ATTN else "--index and --target"
+        check_name(edit.folder(cfg.index, cfg.prompt).name, f"{label} (the edit folder's name)")
+
+
+def check_outputs(cfg: InvertConfig, edit: EditConfig | None, training: bool) -> None:
+    """Before any model loads: every output location of a run can be created and written (training: the
+    result's folder under --model_dir; editing: --outdir, and --model_dir too when --baselines may train)."""
+    if training:
+        check_writable_dir(cfg.folder(), "--model_dir")
+    if edit is not None and edit.baselines:
+        check_writable_dir(replace(cfg, inversion=InversionMethod.NULLTEXT).folder(), "--model_dir")
+    if not training and edit is not None:
+        check_writable_dir(edit.outdir, "--outdir")

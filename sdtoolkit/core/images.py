@@ -50,6 +50,16 @@ def fit_size(width: int, height: int, resolution: int, keep_aspect: bool, multip
     return (resolution, long_side) if height <= width else (long_side, resolution)
 
 
+def decodes(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an image file that decodes completely (a truncated or corrupted file does not)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
 def load_image(
     path: str | os.PathLike, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
     keep_aspect: bool = False, multiple: int = 1,

@@ -4,10 +4,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from filelock import FileLock, Timeout
 from PIL import Image
+
+from sdtoolkit.core.errors import UsageError
 
 
 def safe_name(text: str) -> str:
@@ -56,3 +61,28 @@ def save_image(path: str | os.PathLike, image: Image.Image) -> Path:
     """Save a PIL image atomically (format from the suffix of ``path``)."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of a result: ``{name}.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def result_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """One writer per result: hold ``{path}.lock`` (an OS file lock, ``filelock``) while the result is computed
+    and written. A second process stops at once with a UsageError naming the result and the lock; the lock is
+    released when the holder ends, even when it is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"{path} is being written by another process (it holds {lock.lock_file}); wait for it to "
+                         "finish, or write to another --index / output folder") from None
+    try:
+        yield path
+    finally:
+        lock.release()
