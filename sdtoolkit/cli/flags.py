@@ -97,8 +97,11 @@ def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | N
     return words, tuple(float(v) for v in values)
 
 
-def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True) -> None:
-    """The model / device / dtype / image size / memory flags, defined once for every CLI that loads a model."""
+def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True,
+                    training: bool = True) -> None:
+    """The model / device / dtype / image size / memory flags, defined once for every CLI that loads a model; a
+    CLI leaves out the flags it would ignore (``size``, ``training``: --gradient_checkpointing), so argparse
+    refuses them."""
     group.add_argument("--model", default=None, help="hub id, local SD 1.x/2.x/XL folder, 'tiny', 'tiny-sd2', "
                        "'tiny-sdxl' or 'toy' (default: --sd_version)")
     group.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
@@ -119,8 +122,9 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
         group.add_argument("--compile", action="store_true", help="torch.compile the UNet (experimental, off until measured)")
     group.add_argument("--vae_tiling", action="store_true", help="decode/encode the VAE in tiles (less memory at 1024²)")
     group.add_argument("--vae_slicing", action="store_true", help="VAE one image of the batch at a time")
-    group.add_argument("--gradient_checkpointing", action="store_true",
-                       help="recompute UNet activations in the training backward pass (less memory, slower)")
+    if training:
+        group.add_argument("--gradient_checkpointing", action="store_true",
+                           help="recompute UNet activations in the training backward pass (less memory, slower)")
 
 
 def positive_int(text: str) -> int:

@@ -53,7 +53,7 @@ from sdtoolkit.jobs.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_e
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write
 from sdtoolkit.core.models import resolve_device
-from sdtoolkit.core.paths import check_name, check_writable_file
+from sdtoolkit.core.paths import check_name, check_writable_file, contained
 from sdtoolkit.evaluation import toy_scores
 from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR
 
@@ -375,7 +375,7 @@ def score_cases(scorer: PieScorer, data_path: Path, output_path: Path, methods: 
             problems.append(Problem(case.key, None, f"source image: {err}"))
             continue
         for method in methods:
-            path = method_folder(output_path, method) / case.image_path
+            path = contained(method_folder(output_path, method), case.image_path, "image_path")
             if not path.is_file():
                 missing[method].append(path)
                 continue
