@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if mine:
         device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
         models = load_models(settings.model, device, args.dtype, **cli.load_kwargs(args))
+        checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
         if state.is_main_process:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
                        manifest(settings, args, len(cases), state.num_processes))

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.jobs.invert import existing_result, invert
 
     models = load_models(inv_cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     run = models.run_identity(inv_cfg.num_ddim_steps)
     if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite, run):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")

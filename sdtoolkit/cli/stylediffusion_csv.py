@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     mine = rows[state.process_index :: state.num_processes]
     device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
     models = load_models(model, device, args.dtype, **cli.load_kwargs(args))
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     results: list[tuple[str, str, str]] = []
     tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
     for row in tqdm(mine, desc=f"{tag}rows", position=state.process_index):

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.core.models import load_models
 
     models = load_models(checks.model_id(args.model, args.sd_version), args.device, args.dtype, **cli.load_kwargs(args))
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     done, failed = 0, []
     for case, prompt, words in tqdm([c for c in cases if c not in missing], desc="masks"):
         try:
