@@ -342,15 +342,16 @@ def _env() -> dict[str, str]:
 
 
 def _train_argv(model_dir: Path, prompt: str) -> list[str]:
+    """Null-text inversion, 1 inner step, T = 4: the same lock as every method, the least compute."""
     return ["--prompt", prompt, "--image_path", CAT, "--index", "3", "--model", "tiny", "--device", "cpu",
-            "--num_ddim_steps", "4", "--num_inner_steps", "2", "--model_dir", str(model_dir)]
+            "--num_ddim_steps", "4", "--num_inner_steps", "1", "--inversion", "nulltext", "--model_dir", str(model_dir)]
 
 
 def test_a_second_writer_stops_while_another_process_holds_the_result(tmp_path, loaded, capsys):
     """Another process holds the result's lock: training the same --index stops with one line naming the result
     and its lock, nothing saved; once that process ends the training runs."""
     model_dir = tmp_path / "models"
-    result = model_dir / "model_learnv" / "model-inner2-epoch1-learnv-[3].safetensors"
+    result = model_dir / "model_nulltext" / "model-inner1-epoch1-nulltext-[3].safetensors"
     result.parent.mkdir(parents=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
@@ -370,15 +371,17 @@ def test_a_second_writer_stops_while_another_process_holds_the_result(tmp_path, 
     assert f"saved {result}" in out
 
 
-def test_two_processes_training_one_index_never_both_report_saved(tmp_path):
-    """The race of the issue, with two real processes: two prompts, one --index. Exactly one reports "saved" and
-    the file on disk is its result; the other stops with exit 2 and one line (the lock is held, or the result
-    now exists for another prompt)."""
+def test_two_processes_training_one_index_never_both_report_saved(tmp_path, loaded, capsys):
+    """The race of the issue, with two real processes (a stylediffusion.py subprocess and this test process
+    running the CLI at the same time): two prompts, one --index. Exactly one reports "saved" and the file on disk
+    is its result; the other stops with exit 2 and one line (the lock is held, or the result now exists for
+    another prompt)."""
     model_dir = tmp_path / "models"
-    procs = {prompt: subprocess.Popen([sys.executable, str(REPO / "stylediffusion.py"), *_train_argv(model_dir, prompt)],
-                                      cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for prompt in ("a cat", "a cat on a rug")}
-    done = {prompt: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for prompt, p in procs.items()}
+    other = subprocess.Popen([sys.executable, str(REPO / "stylediffusion.py"), *_train_argv(model_dir, "a cat on a rug")],
+                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = {"a cat": _run("stylediffusion", _train_argv(model_dir, "a cat"), capsys)}
+    out, err = other.communicate(timeout=300)
+    done["a cat on a rug"] = (other.returncode, out, err)
     saved = [prompt for prompt, (code, out, _) in done.items() if code == 0 and "saved" in out]
     assert len(saved) == 1, done
     (loser,) = set(done) - set(saved)
@@ -386,7 +389,7 @@ def test_two_processes_training_one_index_never_both_report_saved(tmp_path):
     assert code == 2 and "Traceback" not in err and "saved" not in out, done[loser]
     assert len(err.strip().splitlines()) == 1
     assert "being written by another process" in err or "made for other settings" in err
-    sidecar = json.loads((model_dir / "model_learnv" / "model-inner2-epoch1-learnv-[3].json").read_text())
+    sidecar = json.loads((model_dir / "model_nulltext" / "model-inner1-epoch1-nulltext-[3].json").read_text())
     assert sidecar["prompt"] == saved[0]
 
 
@@ -402,17 +405,17 @@ def test_pie_bench_resume_redoes_a_truncated_output_and_says_so(tmp_path, loaded
     reason; a sound case is skipped."""
     data = _pie(tmp_path / "data", {"000000000001": "0_random/1.png", "000000000002": "0_random/2.png"})
     out = tmp_path / "out"
-    argv = pie(tmp_path, "data", "--output_path", str(out), "--num_ddim_steps", "3")
+    argv = pie(tmp_path, "data", "--output_path", str(out), "--num_ddim_steps", "3", "--method", "ddim")
     code, _, err = _run("pie_bench", argv, capsys)
     assert code == 0, err
-    images = out / "stylediffusion+p2p" / "annotation_images" / "0_random"
+    images = out / "ddim+p2p" / "annotation_images" / "0_random"
     _truncate(images / "1.png")
     sound = (images / "2.png").stat().st_mtime_ns
     proc = subprocess.run([sys.executable, str(REPO / "pie_bench.py"), *argv], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 done, 1 skipped" in proc.stdout
-    assert "redone" in proc.stdout and "does not decode" in proc.stdout
+    assert "redone cases" in proc.stdout and "1.png is missing or does not decode" in proc.stdout
     with Image.open(images / "1.png") as image:
         image.load()
     assert (images / "2.png").stat().st_mtime_ns == sound
@@ -422,7 +425,7 @@ def test_pie_bench_resume_redoes_a_truncated_output_and_says_so(tmp_path, loaded
 def test_csv_resume_redoes_a_row_whose_edit_is_truncated_or_whose_sidecar_differs(tmp_path, loaded, capsys):
     table = _csv(tmp_path / "edit.csv", EDIT_COLUMNS,
                  [1, "a cat", CAT, "a dog", "", "", "[.5,]", "[.6,]", "[.6,]", "[0.,]", "Replacement"])
-    train = csv_run(tmp_path, "edit.csv", "--num_inner_steps", "1")
+    train = csv_run(tmp_path, "edit.csv", "--inversion", "npi")
     assert _run("csv", train, capsys)[0] == 0
     edit = train + ["--is_train", ""]
     assert _run("csv", edit, capsys)[0] == 0

@@ -97,6 +97,11 @@ def summary(results: list[CaseResult], tag: str, total: int, seconds: float) -> 
     if failed:
         width = max(len(r.key) for r in failed)
         lines += [f"{tag}failed cases:"] + [f"  {r.key:>{width}}  {r.message}" for r in failed]
+    redone = [r for r in results if r.redone]
+    if redone:
+        width = max(len(r.key) for r in redone)
+        lines += [f"{tag}redone cases (the earlier output could not be reused):"] + [
+            f"  {r.key:>{width}}  {r.redone}" for r in redone]
     return "\n".join(lines)
 
 

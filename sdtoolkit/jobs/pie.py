@@ -172,6 +172,7 @@ class CaseResult:
     message: str
     seconds: float = 0.0
     inverted: bool = False
+    redone: str = ""  # why an earlier output of the case was not reused (truncated image, unreadable sidecar)
 
 
 def case_resume(case: PieCase, settings: PieSettings, output_path: Path, overwrite: bool) -> str | None:
@@ -204,8 +205,7 @@ def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: 
         if redo is None:
             return CaseResult(case.key, "skipped", "already done")
         result = _run_case(models, case, settings, data_path, output_path, inversion_dir)
-    if redo:
-        result.message += f" (redone: {redo})"
+    result.redone = redo
     return result
 
 
