@@ -96,7 +96,7 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inv_cfg, edit_cfg = configs(args)
-    checks.check_image(inv_cfg.image_path)
+    checks.check_image(inv_cfg.image_path, inv_cfg.crop)
     checks.check_size(inv_cfg.resolution, inv_cfg.keep_aspect, inv_cfg.image_path, inv_cfg.crop)
     checks.check_outputs(inv_cfg, None if args.is_train else edit_cfg, args.is_train)
     from sdtoolkit.core.images import sha256_file

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in tqdm(mine, desc=f"{tag}rows", position=state.process_index):
         cfg = replace(template, prompt=row.prompt, image_path=row.image_path, index=row.case)
         try:
-            checks.check_image(cfg.image_path)
+            checks.check_image(cfg.image_path, cfg.crop)
             if not editing:
                 res = invert(models, cfg, overwrite=args.overwrite, progress=False)
                 if not res.trained:

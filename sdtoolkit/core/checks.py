@@ -11,10 +11,22 @@ from sdtoolkit.core.paths import check_name, check_writable_dir
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
 
 
-def check_image(image_path: str) -> None:
-    """Fail early (before loading models) on a missing image."""
+def check_image(image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    """Fail early (before loading models) on a missing or unreadable image (its header is read), or crop
+    offsets that do not fit it."""
+    from PIL import Image, UnidentifiedImageError
+
     if not Path(image_path).is_file():
         raise UsageError(f"image {image_path!r} does not exist (or is not a file)")
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{image_path!r} is not a readable image ({exc})") from None
+    left, right, top, bottom = crop
+    if left + right >= width or top + bottom >= height or min(crop) < 0:
+        raise UsageError(f"crop offsets left={left} right={right} top={top} bottom={bottom} do not fit a "
+                         f"{width}×{height} image")
 
 
 def model_id(model: str | None, sd_version: str) -> str:

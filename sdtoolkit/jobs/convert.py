@@ -116,25 +116,21 @@ def convert_reference(models: SDModels, cfg: InvertConfig, pth: str | Path, step
     if cfg.inversion is not InversionMethod.STYLEDIFFUSION:
         raise UsageError("reference .pth files hold StyleDiffusion mapping networks (--inversion stylediffusion)")
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
-    check_image(cfg.image_path)
-    with result_lock(cfg.path()):  # one writer per result
-        return _convert(models, cfg, pth, steps, overwrite, progress)
-
-
-def _convert(models: SDModels, cfg: InvertConfig, pth: str | Path, steps: list[nn.ModuleDict] | None,
-             overwrite: bool, progress: bool) -> InvertResult:
-    if existing_result(cfg, sha256_file(cfg.image_path), overwrite, models.run_identity(cfg.num_ddim_steps)):
-        return InvertResult(cfg.path(), trained=False)
+    check_image(cfg.image_path, cfg.crop)
     steps = read_reference(pth, cfg.num_ddim_steps) if steps is None else steps
     start = time.perf_counter()
     source = load_source(models, cfg.image_path, cfg.crop)
     features = models.image_features(source.x).float()
     mapping = reference_mapping(pth, steps, features.shape[1], models.max_length).to(models.device)
-    schedule = models.schedule(cfg.num_ddim_steps)
-    text = models.encode_text([cfg.prompt]).float()
-    null = models.encode_text([""]).float()
-    trace = ddim_inversion(models, source.z0, text, schedule, progress=progress)
-    inv = StyleDiffusionInversion(trace.latents[-1], null, mapping, features)
-    extra = {"converted_from": {"file": str(pth), "sha256": sha256_file(pth),
-                                "dropped": "BatchNorm running statistics (unused: the reference runs in training mode)"}}
-    return save_inversion(models, cfg, source, inv, None, time.perf_counter() - start, extra)
+    with result_lock(cfg.path()):  # one writer per result; the file's layout was checked above, before any write
+        if existing_result(cfg, source.sha256, overwrite, models.run_identity(cfg.num_ddim_steps)):
+            return InvertResult(cfg.path(), trained=False)
+        schedule = models.schedule(cfg.num_ddim_steps)
+        text = models.encode_text([cfg.prompt]).float()
+        null = models.encode_text([""]).float()
+        trace = ddim_inversion(models, source.z0, text, schedule, progress=progress)
+        inv = StyleDiffusionInversion(trace.latents[-1], null, mapping, features)
+        extra = {"converted_from": {"file": str(pth), "sha256": sha256_file(pth),
+                                    "dropped": "BatchNorm running statistics (unused: the reference runs in training "
+                                               "mode)"}}
+        return save_inversion(models, cfg, source, inv, None, time.perf_counter() - start, extra)

@@ -103,7 +103,7 @@ class InvertResult:
 def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progress: bool = True) -> InvertResult:
     """Invert one image with ``cfg.inversion`` and save what was learned (safetensors + JSON sidecar)."""
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
-    check_image(cfg.image_path)
+    check_image(cfg.image_path, cfg.crop)
     with result_lock(cfg.path()):  # one writer per result: a second process stops here, naming the lock
         return _invert(models, cfg, overwrite, progress)
 

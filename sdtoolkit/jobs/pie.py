@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdtoolkit.core.checks import validate_edit
+from sdtoolkit.core.checks import check_output_names, validate_edit
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import decodes, tensor_to_pil
 from sdtoolkit.core.io import result_lock, save_image, write_json
@@ -200,6 +200,7 @@ def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: 
              inversion_dir: Path, overwrite: bool = False) -> CaseResult:
     """Invert (or reuse the saved inversion) and edit one case; write its 4-panel image and sidecar (one writer
     per output: a second process stops at the case's lock)."""
+    check_output_names(settings.invert_config(case, data_path, inversion_dir), what=f"case key {case.key!r}")
     with result_lock(sidecar_file(output_path, settings.method, case)):
         redo = case_resume(case, settings, output_path, overwrite)
         if redo is None:
