@@ -350,7 +350,7 @@ def test_a_second_writer_stops_while_another_process_holds_the_result(tmp_path, 
     and its lock, nothing saved; once that process ends the training runs."""
     model_dir = tmp_path / "models"
     result = model_dir / "model_nulltext" / "model-inner1-epoch1-nulltext-[3].safetensors"
-    result.parent.mkdir(parents=True)
+    lock_path(result).parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
          f"lock = FileLock({str(lock_path(result))!r}); lock.acquire(); print('held', flush=True); time.sleep(120)"],

@@ -1,6 +1,7 @@
 """File layout shared by the scripts: safe case file names and atomic writes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -64,24 +65,26 @@ def save_image(path: str | os.PathLike, image: Image.Image) -> Path:
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of a result: ``{name}.lock`` beside it."""
-    path = Path(path)
-    return path.with_name(path.name + ".lock")
+    """The lock file of a result: in the temp folder (one folder per user), named by a hash of the result's
+    absolute path, so the result folders hold the reference's files only."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / f"sdtoolkit-locks-{os.getuid()}" / f"{key}.lock"
 
 
 @contextmanager
 def result_lock(path: str | os.PathLike) -> Iterator[Path]:
-    """One writer per result: hold ``{path}.lock`` (an OS file lock, ``filelock``) while the result is computed
-    and written. A second process stops at once with a UsageError naming the result and the lock; the lock is
-    released when the holder ends, even when it is killed."""
+    """One writer per result: hold an OS file lock (``filelock``) on :func:`lock_path` while the result is
+    computed and written. A second process on this machine stops at once with a UsageError naming the result and
+    the lock; the lock is freed when its holder ends, even when it is killed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path(path))
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UsageError(f"{path} is being written by another process (it holds {lock.lock_file}); wait for it to "
-                         "finish, or write to another --index / output folder") from None
+        raise UsageError(f"{path} is being written by another process (it holds the lock {lock_file}); wait for it "
+                         "to finish, or write to another --index / output folder") from None
     try:
         yield path
     finally:
