@@ -12,6 +12,7 @@ import sys
 
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
+from sdtoolkit.core.paths import check_writable_dir
 from sdtoolkit.core.settings import InvertConfig
 
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
     p.add_argument("--overwrite", action="store_true", help="replace a result made for other settings")
-    cli.add_model_flags(p, compile_flag=False)
+    # the reference trained at 512², square: no size flags; nothing is trained here: no --gradient_checkpointing
+    cli.add_model_flags(p, compile_flag=False, size=False, training=False)
     return p
 
 
@@ -45,11 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=args.model_dir,
     )
     checks.check_image(cfg.image_path)
+    checks.check_finite(cfg.guidance_scale, "--guidance_scale")
+    checks.check_output_names(cfg)
+    check_writable_dir(cfg.folder(), "--model_dir")
     from sdtoolkit.core.models import load_models
     from sdtoolkit.jobs.convert import convert_reference, read_reference
 
     steps = read_reference(args.pth, cfg.num_ddim_steps)  # refuse a wrong file before loading the model
-    models = load_models(cfg.model, args.device, args.dtype, args.image_encoder)
+    models = load_models(cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
     result = convert_reference(models, cfg, args.pth, steps, overwrite=args.overwrite)
     if not result.trained:
         print(f"already converted: {result.path} (matching sidecar); use --overwrite to redo it")

@@ -8,7 +8,7 @@ from typing import Callable, NoReturn
 
 from sdtoolkit.core.checks import check_fractions
 from sdtoolkit.core.constants import SD_VERSIONS
-from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.errors import EXPECTED, UsageError, one_line
 from sdtoolkit.core.settings import Schedule
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -98,8 +98,11 @@ def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | N
     return words, tuple(float(v) for v in values)
 
 
-def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True) -> None:
-    """The model / device / dtype / image size / memory flags, defined once for every CLI that loads a model."""
+def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True,
+                    training: bool = True) -> None:
+    """The model / device / dtype / image size / memory flags, defined once for every CLI that loads a model; a
+    CLI leaves out the flags it would ignore (``size``, ``training``: --gradient_checkpointing), so argparse
+    refuses them."""
     group.add_argument("--model", default=None, help="hub id, local SD 1.x/2.x/XL folder, 'tiny', 'tiny-sd2', "
                        "'tiny-sdxl' or 'toy' (default: --sd_version)")
     group.add_argument("--sd_version", default="sd_1_4", help=f"alias of --model: {', '.join(SD_VERSIONS)}")
@@ -121,15 +124,16 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
                            help="compile the UNet's repeated blocks (regional torch.compile: seconds of compile time)")
     group.add_argument("--vae_tiling", action="store_true", help="decode/encode the VAE in tiles (less memory at 1024²)")
     group.add_argument("--vae_slicing", action="store_true", help="VAE one image of the batch at a time")
-    group.add_argument("--gradient_checkpointing", action="store_true",
-                       help="recompute UNet activations in the training backward pass (less memory, slower)")
+    if training:
+        group.add_argument("--gradient_checkpointing", action="store_true",
+                           help="recompute UNet activations in the training backward pass (less memory, slower)")
 
 
 def add_schedule_flag(group) -> None:
     """``--schedule``: how the per-step optimisation spends its iterations (docs/method.md §3a)."""
     group.add_argument("--schedule", choices=[s.value for s in Schedule], default=Schedule.REFERENCE.value,
-                       help="'reference': the published inner-iteration schedule; 'fast': warm-started Adam and a stop "
-                       "on the loss's plateau (about 4x fewer UNet passes at equal quality, README 'Speed')")
+                       help="'reference': the published inner-iteration schedule; 'fast': learning-rate warm-up and a "
+                       "stop on the loss's plateau (2.8x fewer UNet passes on the toy model, README 'Speed: schedules')")
 
 
 def positive_int(text: str) -> int:
@@ -162,10 +166,12 @@ def add_attention_flags(group, tau_c: str, tau_s: str, tau_u: str) -> None:
     group.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a :class:`UsageError` becomes one line on stderr and exit status 2."""
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``main``; an expected error (:data:`sdtoolkit.core.errors.EXPECTED`: bad input, the file system's
+    refusals, numbers out of range, memory, non-finite values) becomes one line on stderr, ``[prog: ]error: …``,
+    and exit status 2; anything else keeps its traceback."""
     try:
         return main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except EXPECTED as exc:
+        print(f"{prog + ': ' if prog else ''}error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from pathlib import Path
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.paths import check_name, check_writable_dir
 from sdtoolkit.core.settings import EditConfig, EditType, Taus
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default="[2720,]", help="seeds, e.g. [0,1,2] or 0,1 (default: the reference's)")
     cli.add_attention_flags(p, tau_c="[.8,]", tau_s="[.4,]", tau_u="[.5,]")  # the reference p2plus.py's defaults
     p.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
-    cli.add_model_flags(p, compile_flag=False, image_encoder=False)
+    cli.add_model_flags(p, compile_flag=False, image_encoder=False, training=False)
     p.add_argument("--num_ddim_steps", type=int, default=50)
     p.add_argument("--guidance_scale", type=float, default=7.5)
     p.add_argument("--outdir", default="stylediffusion-results/p2plus")
@@ -44,7 +45,14 @@ def seeds(text: str) -> list[int]:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
         raise UsageError(f"--seed {text!r} must be non-negative integers such as [0,1,2]")
+    for seed in items:
+        checks.check_seed(seed)
     return items
+
+
+def folder_name(seed: int, target: str) -> str:
+    """``{seed} {target}``, a path separator in the target replaced by ``_``."""
+    return f"{seed} {target}".replace("/", "_")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     seed_list = seeds(args.seed)
     if args.keep_aspect:
         raise UsageError("--keep_aspect needs an input image; p2plus generates from noise: give --resolution")
+    checks.check_steps(args.num_ddim_steps)
+    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_size(args.resolution, False)
+    for seed in seed_list:
+        check_name(folder_name(seed, args.target), "--seed and --target (the output folder's name)")
+    check_writable_dir(args.outdir, "--outdir")
 
     edit = EditConfig(
         target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=cli.fraction_list(args.tau_c, "--tau_c"),
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.num_ddim_steps, args.guidance_scale, pooled=pooled)
         images = models.decode_latent(z)
         source, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
-        folder = Path(args.outdir) / f"{seed} {args.target}".replace("/", "_")
+        folder = Path(args.outdir) / folder_name(seed, args.target)
         stem = taus.stem().split("-", 1)[1]  # without tau_v: generated images have no inversion
         save_image(folder / f"edited_img-{stem}.png", edited)
         save_image(folder / f"grid_img-{stem}.png", image_grid([source, edited]))

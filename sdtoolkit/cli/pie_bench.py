@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.paths import check_writable_dir
 from sdtoolkit.core.settings import InversionMethod, Schedule, Taus, to_enum
 from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, method_dir, run_case
 from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, select_cases
@@ -66,6 +67,9 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
     inner = method.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
     taus = [checks.check_fractions([getattr(args, f"tau_{n}")], f"--tau_{n}")[0] for n in "vcsu"]
+    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_seed(args.seed)
+    checks.check_size(args.resolution, False)
     return PieSettings(model=checks.model_id(args.model, args.sd_version), method=method,
                        num_ddim_steps=args.num_ddim_steps, num_inner_steps=inner, num_epoch=args.num_epoch,
                        guidance_scale=args.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
@@ -95,6 +99,11 @@ def summary(results: list[CaseResult], tag: str, total: int, seconds: float) -> 
     if failed:
         width = max(len(r.key) for r in failed)
         lines += [f"{tag}failed cases:"] + [f"  {r.key:>{width}}  {r.message}" for r in failed]
+    redone = [r for r in results if r.redone]
+    if redone:
+        width = max(len(r.key) for r in redone)
+        lines += [f"{tag}redone cases (the earlier output could not be reused):"] + [
+            f"  {r.key:>{width}}  {r.redone}" for r in redone]
     return "\n".join(lines)
 
 
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = select_cases(bench.cases, types, args.from_case, args.end_case)
     unreadable = bench.failures  # cases that could not be read: failed, named, counted
     args.inversion_dir = Path(args.inversion_dir or Path(args.output_path) / "inversions")
+    check_writable_dir(method_dir(args.output_path, settings.method), "--output_path")
+    check_writable_dir(args.inversion_dir, "--inversion_dir")
     if not cases and not unreadable:
         raise UsageError(f"--data_path {args.data_path}: no case matches --edit_category_list {args.edit_category_list} "
                          f"and the range [{args.from_case}, {args.end_case})")
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if mine:
         device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
         models = load_models(settings.model, device, args.dtype, **cli.load_kwargs(args))
+        checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
         if state.is_main_process:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
                        manifest(settings, args, len(cases), state.num_processes))

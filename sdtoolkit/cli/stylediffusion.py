@@ -72,6 +72,8 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
     checks.check_counts(inner, args.num_epoch, steps)
+    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_seed(args.seed)
     inv = InvertConfig(
         prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=inversion,
         num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
@@ -88,19 +90,23 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
     )
     if args.blend_mask is not None:
         checks.check_image(args.blend_mask)
+    checks.check_output_names(inv, None if args.is_train else edit)
     return inv, edit
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inv_cfg, edit_cfg = configs(args)
-    checks.check_image(inv_cfg.image_path)
+    checks.check_image(inv_cfg.image_path, inv_cfg.crop)
+    checks.check_size(inv_cfg.resolution, inv_cfg.keep_aspect, inv_cfg.image_path, inv_cfg.crop)
+    checks.check_outputs(inv_cfg, None if args.is_train else edit_cfg, args.is_train)
     from sdtoolkit.core.images import sha256_file
     from sdtoolkit.core.models import load_models
     from sdtoolkit.jobs.edit import run_edit
     from sdtoolkit.jobs.invert import existing_result, invert
 
     models = load_models(inv_cfg.model, args.device, args.dtype, **cli.load_kwargs(args))
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     run = models.run_identity(inv_cfg.num_ddim_steps)
     if args.is_train and existing_result(inv_cfg, sha256_file(inv_cfg.image_path), args.overwrite, run):
         print(f"already trained: {inv_cfg.path()} (matching sidecar); use --overwrite to retrain")

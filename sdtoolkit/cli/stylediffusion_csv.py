@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.io import case_filename
+from sdtoolkit.core.paths import check_name, check_writable_dir
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
 from sdtoolkit.jobs.cases import read_cases, resolve_image
 
@@ -56,14 +58,15 @@ class Row:
     edit: EditConfig | None  # for editing runs
 
 
-def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool) -> list[Row]:
-    """Parse every selected row before any work starts: a malformed row is a usage error naming the case."""
+def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool, template: InvertConfig) -> list[Row]:
+    """Parse every selected row before any work starts: a malformed row, or one whose file names would not fit
+    the file system, is a usage error naming the case."""
     rows = []
     for _, r in df.iterrows():
         case = str(r["case_number"]).strip()
         edit = None
-        if editing:
-            try:
+        try:
+            if editing:
                 edit = EditConfig(
                     target=r["target"], edit_type=r["edit_type"].strip() or EditType.REPLACEMENT,
                     tau_v=cli.fraction_list(r["tau_v"], "tau_v"), tau_c=cli.fraction_list(r["tau_c"], "tau_c"),
@@ -71,16 +74,25 @@ def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool) -> lis
                     blend_word=cli.blend_words(r["blend_word"]), eq_params=cli.eq_params(r["eq_params"]),
                     outdir=str(Path(args.save_path) / Path(args.prompts_path).stem),
                 )
-            except UsageError as exc:
-                raise UsageError(f"{args.prompts_path}, case {case}: {exc}") from None
-        rows.append(Row(case, r["prompt"], resolve_image(r["image_path"], args.prompts_path), edit))
+                check_name(case_filename(case, r["prompt"]), "case_number and prompt (the input copy's name)")
+                if edit.edit_type is not EditType.STORE_ATTN:
+                    check_name(case_filename(case, edit.target), "case_number and target (the edited copy's name)")
+            checks.check_output_names(replace(template, prompt=r["prompt"], index=case), edit, "case_number")
+        except UsageError as exc:
+            raise UsageError(f"{args.prompts_path}, case {case}: {exc}") from None
+        image = resolve_image(r["image_path"], args.prompts_path)
+        try:
+            checks.check_size(args.resolution, args.keep_aspect, image)
+        except UsageError as exc:
+            raise UsageError(f"{args.prompts_path}, case {case}: {exc}") from None
+        rows.append(Row(case, r["prompt"], image, edit))
     return rows
 
 
 def flat_copies(models, cfg, edit, written: list[Path]) -> list[Path]:
     """``input/{case} {prompt}.png`` (the model's input crop) and ``edited/{case} {target}.png`` (first combination)."""
     from sdtoolkit.core.images import load_image
-    from sdtoolkit.core.io import atomic_write, case_filename, save_image
+    from sdtoolkit.core.io import atomic_write, save_image
 
     base = Path(edit.outdir)
     out = [save_image(base / "input" / case_filename(cfg.index, cfg.prompt), 
@@ -93,14 +105,17 @@ def flat_copies(models, cfg, edit, written: list[Path]) -> list[Path]:
     return out
 
 
-def edit_complete(cfg, edit) -> bool:
-    from sdtoolkit.core.io import case_filename
-    from sdtoolkit.jobs.edit import expected_files
+def edit_resume(cfg, edit) -> str | None:
+    """None when the row's edit is complete and sound (its images decode, its sidecars record these settings);
+    else why it is (re)done: "" when nothing was written yet, the reason when a file is missing or damaged."""
+    from sdtoolkit.jobs.edit import damaged_outputs, expected_files, sidecar_files
 
-    files = expected_files(cfg, edit) + [Path(edit.outdir) / "input" / case_filename(cfg.index, cfg.prompt)]
+    flat = [Path(edit.outdir) / "input" / case_filename(cfg.index, cfg.prompt)]
     if edit.edit_type is not EditType.STORE_ATTN:
-        files.append(Path(edit.outdir) / "edited" / case_filename(cfg.index, edit.target))
-    return all(f.is_file() for f in files)
+        flat.append(Path(edit.outdir) / "edited" / case_filename(cfg.index, edit.target))
+    if not any(p.exists() for p in expected_files(cfg, edit) + sidecar_files(cfg, edit) + flat):
+        return ""
+    return damaged_outputs(cfg, edit, flat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
     checks.check_counts(inner, args.num_epoch, steps)
+    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_seed(args.seed)
     editing = not args.is_train
+    template = InvertConfig(
+        prompt="", image_path="", model=model, inversion=inversion,
+        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
+        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect, schedule=args.schedule,
+    )
     df = read_cases(args.prompts_path, EDIT_COLUMNS if editing else TRAIN_COLUMNS, args.from_case, args.end_case)
-    rows = parse_rows(df, args, editing)
+    rows = parse_rows(df, args, editing, template)
+    if editing:
+        check_writable_dir(Path(args.save_path) / Path(args.prompts_path).stem, "--save_path")
+    else:
+        check_writable_dir(template.folder(), "--model_dir")
 
     from accelerate import PartialState
 
@@ -124,18 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     mine = rows[state.process_index :: state.num_processes]
     device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
     models = load_models(model, device, args.dtype, **cli.load_kwargs(args))
-    template = InvertConfig(
-        prompt="", image_path="", model=model, inversion=inversion,
-        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
-        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
-        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect, schedule=args.schedule,
-    )
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     results: list[tuple[str, str, str]] = []
     tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
     for row in tqdm(mine, desc=f"{tag}rows", position=state.process_index):
         cfg = replace(template, prompt=row.prompt, image_path=row.image_path, index=row.case)
         try:
-            checks.check_image(cfg.image_path)
+            checks.check_image(cfg.image_path, cfg.crop)
             if not editing:
                 res = invert(models, cfg, overwrite=args.overwrite, progress=False)
                 if not res.trained:
@@ -143,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     warn = " — WARNING: reconstructs worse than plain DDIM" if res.sidecar["worse_than_ddim"] else ""
                     results.append((row.case, "done", f"{res.path}{warn}"))
-            elif edit_complete(cfg, row.edit):
+            elif (redo := edit_resume(cfg, row.edit)) is None:
                 results.append((row.case, "skipped", "already edited"))
             else:
                 written = run_edit(models, cfg, row.edit, progress=False)
                 flat_copies(models, cfg, row.edit, written)
-                results.append((row.case, "done", str(edit_folder(cfg, row.edit))))
+                again = f" (redone: {redo})" if redo else ""
+                results.append((row.case, "done", f"{edit_folder(cfg, row.edit)}{again}"))
         except Exception as exc:  # a failing row is reported and counted; the run goes on
             reason = str(exc).splitlines()[0] if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
             results.append((row.case, "failed", reason))

@@ -1,17 +1,32 @@
 """The input checks, one per input, shared by the CLIs and the jobs: errors name the bad value and what is valid."""
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 
-from sdtoolkit.core.constants import SD_VERSIONS
+from sdtoolkit.core.constants import MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.settings import EditConfig, EditType
+from sdtoolkit.core.paths import check_name, check_writable_dir
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
 
 
-def check_image(image_path: str) -> None:
-    """Fail early (before loading models) on a missing image."""
+def check_image(image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    """Fail early (before loading models) on a missing or unreadable image (its header is read), or crop
+    offsets that do not fit it."""
+    from PIL import Image, UnidentifiedImageError
+
     if not Path(image_path).is_file():
         raise UsageError(f"image {image_path!r} does not exist (or is not a file)")
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{image_path!r} is not a readable image ({exc})") from None
+    left, right, top, bottom = crop
+    if left + right >= width or top + bottom >= height or min(crop) < 0:
+        raise UsageError(f"crop offsets left={left} right={right} top={top} bottom={bottom} do not fit a "
+                         f"{width}×{height} image")
 
 
 def model_id(model: str | None, sd_version: str) -> str:
@@ -37,10 +52,72 @@ def check_fractions(values: list[float], what: str, text: object = None) -> list
 
 
 def check_counts(num_inner_steps: int, num_epoch: int, num_ddim_steps: int) -> None:
-    """Step counts must be at least 1 (0 is refused, never replaced by a default)."""
+    """Step counts must be at least 1 (0 is refused, never replaced by a default); T at most the schedule's
+    1000 training timesteps (DDIM subsamples them)."""
     if num_inner_steps < 1 or num_epoch < 1 or num_ddim_steps < 1:
         raise UsageError("--num_inner_steps, --num_epoch and --num_ddim_steps must be >= 1 (got "
                          f"{num_inner_steps}, {num_epoch}, {num_ddim_steps})")
+    check_steps(num_ddim_steps)
+
+
+def check_steps(num_ddim_steps: int) -> None:
+    """1 <= T <= 1000: DDIM picks T of the scheduler's 1000 training timesteps."""
+    if not 1 <= num_ddim_steps <= MAX_DDIM_STEPS:
+        raise UsageError(f"--num_ddim_steps {num_ddim_steps} is outside [1, {MAX_DDIM_STEPS}]: DDIM samples T of the "
+                         f"scheduler's {MAX_DDIM_STEPS} training timesteps")
+
+
+def check_finite(value: float, flag: str) -> float:
+    """A finite float (NaN and inf are refused: they make every latent NaN)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} {value} is not a finite number")
+    return float(value)
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """A seed torch's generators take as it is: an integer in [0, 2**64 - 1]."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise UsageError(f"{flag} {seed!r} is not an integer in [{low}, 2**64 - 1] (what torch's generators accept)")
+    return seed
+
+
+def check_size(resolution: int | None, keep_aspect: bool, image_path: str | None = None,
+               crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    """Size bounds before anything is allocated: --resolution at most 2048; with --keep_aspect the image (after
+    ``crop``, read from its header) at most 4:1 and its long side at most 2048 px once scaled. The model's size
+    step is checked once it is known (:func:`check_multiple`)."""
+    if resolution is not None and resolution > MAX_SIDE:
+        raise UsageError(f"--resolution {resolution} is over the bound of {MAX_SIDE} px a side")
+    if not keep_aspect or image_path is None:
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except OSError:
+        return  # unreadable images are refused by the image loader, naming the file
+    width, height = width - crop[0] - crop[1], height - crop[2] - crop[3]
+    if min(width, height) < 1:
+        return  # the crop is refused by the image loader, naming the offsets
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise UsageError(f"--keep_aspect: {image_path!r} is {width}x{height}, more elongated than the bound of "
+                         f"{MAX_ASPECT}:1; crop it (--crop) or drop --keep_aspect")
+    if resolution is not None and resolution * aspect > MAX_SIDE:
+        raise UsageError(f"--keep_aspect --resolution {resolution}: {image_path!r} ({width}x{height}) would be "
+                         f"{round(resolution * aspect)} px long, over the bound of {MAX_SIDE}; lower --resolution")
+
+
+def check_multiple(resolution: int | None, multiple: int) -> None:
+    """--resolution must be a multiple of the model's size step (64 px for SD, 32 for SDXL); the error names the
+    two valid neighbours."""
+    if resolution is None or (resolution >= multiple and resolution % multiple == 0):
+        return
+    below, above = resolution // multiple * multiple, (resolution // multiple + 1) * multiple
+    valid = f"{below} or {above}" if below >= multiple else f"{above}"
+    raise UsageError(f"--resolution {resolution} is not a multiple of {multiple}, the model's size step; use {valid}")
 
 
 def check_target_given(target: str | None, edit_type: EditType) -> None:
@@ -94,3 +171,24 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
         except ValueError:
             tokens = [t for t in prompt_tokens(text, tokenizer)[1:-1]]
             raise UsageError(f"{what} word {word!r} is not in {text!r}; its tokens are: {tokens}") from None
+
+
+def check_output_names(cfg: InvertConfig, edit: EditConfig | None = None, what: str = "--index") -> None:
+    """The file and folder names built from the index, the prompt and the target: one name each (no path
+    separator, so they stay in their folders) within the file system's 255 bytes."""
+    check_name(str(cfg.index), what)
+    check_name(cfg.path().name, what)
+    if edit is not None:
+        label = "--index and --prompt" if edit.edit_type is EditType.STORE_ATTN else "--index and --target"
+        check_name(edit.folder(cfg.index, cfg.prompt).name, f"{label} (the edit folder's name)")
+
+
+def check_outputs(cfg: InvertConfig, edit: EditConfig | None, training: bool) -> None:
+    """Before any model loads: every output location of a run can be created and written (training: the
+    result's folder under --model_dir; editing: --outdir, and --model_dir too when --baselines may train)."""
+    if training:
+        check_writable_dir(cfg.folder(), "--model_dir")
+    if edit is not None and edit.baselines:
+        check_writable_dir(replace(cfg, inversion=InversionMethod.NULLTEXT).folder(), "--model_dir")
+    if not training and edit is not None:
+        check_writable_dir(edit.outdir, "--outdir")

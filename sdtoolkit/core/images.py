@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from sdtoolkit.core.checks import check_multiple
+from sdtoolkit.core.constants import MAX_ASPECT, MAX_SIDE
 from sdtoolkit.core.errors import UsageError
 
 
@@ -41,13 +43,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def fit_size(width: int, height: int, resolution: int, keep_aspect: bool, multiple: int) -> tuple[int, int]:
     """Model input size (h, w): ``resolution``² (the reference), or with ``keep_aspect`` the short side at
     ``resolution`` and the long side scaled with it, rounded to a multiple of ``multiple`` (at least one)."""
-    if resolution < multiple or resolution % multiple:
-        raise UsageError(f"--resolution {resolution} is not a positive multiple of {multiple}, the model's size multiple")
+    check_multiple(resolution, multiple)
     if not keep_aspect:
         return resolution, resolution
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise UsageError(f"--keep_aspect: a {width}x{height} image is more elongated than the bound of {MAX_ASPECT}:1")
     scale = resolution / min(width, height)
     long_side = max(multiple, round(max(width, height) * scale / multiple) * multiple)
+    if long_side > MAX_SIDE:
+        raise UsageError(f"--keep_aspect --resolution {resolution}: a {width}x{height} image would be {long_side} px "
+                         f"long, over the bound of {MAX_SIDE}; lower --resolution")
     return (resolution, long_side) if height <= width else (long_side, resolution)
+
+
+def decodes(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an image file that decodes completely (a truncated or corrupted file does not)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+    return True
 
 
 def load_image(
@@ -60,6 +76,7 @@ def load_image(
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image {str(path)!r} does not exist (or is not a file)")
+    check_multiple(size, multiple)
     try:
         with Image.open(path) as im:
             im.load()

@@ -85,6 +85,9 @@ def save_learned(path: str | os.PathLike, tensors: dict[str, torch.Tensor], side
     flat = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
     write_json(sidecar_path(path), sidecar)
+    if read_sidecar(path) != json.loads(json.dumps(sidecar, default=str)):  # never report a save that did not survive
+        raise UsageError(f"{sidecar_path(path)} was replaced by another writer while this result was saved; "
+                         "nothing of this run is kept there")
     return path
 
 

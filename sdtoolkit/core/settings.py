@@ -224,3 +224,8 @@ class EditConfig:
 
     def combinations(self) -> list[Taus]:
         return [Taus(*combo) for combo in itertools.product(self.tau_v, self.tau_c, self.tau_s, self.tau_u)]
+
+    def folder(self, index: int | str, prompt: str) -> Path:
+        """``{outdir}/{index} {target}`` (the source prompt for StoreAttn), as the reference names it."""
+        text = prompt if self.edit_type is EditType.STORE_ATTN else self.target
+        return Path(self.outdir) / f"{index} {text}".replace("/", "_")

@@ -43,6 +43,7 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write, case_filename
 from sdtoolkit.core.models import resolve_device
+from sdtoolkit.core.paths import check_writable_file
 from sdtoolkit.jobs.cases import read_cases
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # defaults live here, wherever the script is run from
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise UsageError(f"{flag} {folder}: no such folder")
     device = resolve_device(args.device)
-    out = args.out or args.edited_path.resolve().parent / f"ns_lpips_{args.mode}.csv"
+    out = check_writable_file(args.out or args.edited_path.resolve().parent / f"ns_lpips_{args.mode}.csv", "--out")
 
     present, incomplete = [], 0
     for case in cases:
@@ -291,12 +292,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit status 0 (scored), 1 (missing files or LPIPS unavailable), 2 (bad input)."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        print(f"ns_lpips: error: {err}", file=sys.stderr)
-        return 2
+    return cli.run_main(lambda a: run(parse_args(a)), argv, prog="ns_lpips")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from sdtoolkit.jobs.pie_data import (EDITING_TYPES, IMAGES_DIR, PieCase, check_e
 from sdtoolkit.core.images import to_rgb
 from sdtoolkit.core.io import atomic_write
 from sdtoolkit.core.models import resolve_device
+from sdtoolkit.core.paths import check_name, check_writable_file, contained
 from sdtoolkit.evaluation import toy_scores
 from sdtoolkit.core.tokenizer import CLIP_TOKENIZER_DIR
 
@@ -374,7 +375,7 @@ def score_cases(scorer: PieScorer, data_path: Path, output_path: Path, methods: 
             problems.append(Problem(case.key, None, f"source image: {err}"))
             continue
         for method in methods:
-            path = method_folder(output_path, method) / case.image_path
+            path = contained(method_folder(output_path, method), case.image_path, "image_path")
             if not path.is_file():
                 missing[method].append(path)
                 continue
@@ -462,6 +463,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     methods = list(dict.fromkeys(args.methods))
     for method in methods:
+        check_name(f"{method}+p2p", "--methods")
+    for method in methods:
         if not method_folder(args.output_path, method).is_dir():
             raise UsageError(f"--methods {method}: no output folder {method_folder(args.output_path, method)}")
     bench = load_benchmark(args.data_path)
@@ -472,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
     cases = select_cases(bench.cases, types)
     if not cases:
         raise UsageError(f"--edit_category_list {' '.join(types)} selects none of the {len(bench.cases)} usable cases")
-    result_path = args.result_path or args.output_path / "pie_metrics.csv"
+    result_path = check_writable_file(args.result_path or args.output_path / "pie_metrics.csv", "--result_path")
+    check_writable_file(result_path.with_name(f"{result_path.stem}_summary.csv"), "--result_path (its summary)")
     settings = BackboneSettings(dino=args.dino_model, clip=args.clip_model, random_weights=args.offline_random_weights,
                                 random_size=args.random_size)
     try:
@@ -519,9 +523,4 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 (scored), 1 (nothing scored, or networks unavailable), 2 (bad input, one line)."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        print(f"pie_metrics: error: {err}", file=sys.stderr)
-        return 2
+    return cli.run_main(lambda a: run(parse_args(a)), argv, prog="pie_metrics")

@@ -32,6 +32,7 @@ from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename, save_image
+from sdtoolkit.core.paths import check_name, check_writable_dir
 from sdtoolkit.jobs.cases import read_cases
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fgmask_path", default=str(REPO_ROOT / "results" / "fgmask"), help="output: foreground masks")
     p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
     p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
-    cli.add_model_flags(p, compile_flag=False, image_encoder=False)
+    cli.add_model_flags(p, compile_flag=False, image_encoder=False, training=False)
     p.add_argument("--num_ddim_steps", type=int, default=50)
     p.add_argument("--allow_missing", action="store_true", help="mask the cases whose input exists, exit 0")
     p.add_argument("--mode", choices=MODES, default="corrected",
@@ -127,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         if blend is None:
             raise UsageError(f"{args.prompts_path}, case {row['case_number']}: empty blend_word; the mask needs a source word")
         cases.append((str(row["case_number"]).strip(), row["prompt"], blend[0]))
+    checks.check_steps(args.num_ddim_steps)
+    checks.check_size(args.resolution, False)
+    for case, prompt, _ in cases:
+        try:
+            check_name(case_filename(case, prompt, INPUT_EXT[args.mode]), "case_number and prompt")
+        except UsageError as exc:
+            raise UsageError(f"{args.prompts_path}, case {case}: {exc}") from None
+    check_writable_dir(args.fgmask_path, "--fgmask_path")
+    check_writable_dir(args.bgmask_path, "--bgmask_path")
     ext = INPUT_EXT[args.mode]
     inputs = {case: Path(args.input_path) / case_filename(case, prompt, ext) for case, prompt, _ in cases}
     missing = [c for c in cases if not inputs[c[0]].is_file()]
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.core.models import load_models
 
     models = load_models(checks.model_id(args.model, args.sd_version), args.device, args.dtype, **cli.load_kwargs(args))
+    checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     done, failed = 0, []
     for case, prompt, words in tqdm([c for c in cases if c not in missing], desc="masks"):
         try:

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from sdtoolkit.core.paths import contained
 from sdtoolkit.jobs.pie_data import PieCase, decode_mask
 
 GROUND_TRUTH_FILE = "toy_ground_truth.json"
@@ -146,7 +147,7 @@ def score_outputs(data_path: Path, output_dirs: dict[str, Path], cases: Sequence
         for method, folder in output_dirs.items():
             row = {"method": method, "file_id": case.key, "kind": truth[case.key]["kind"],
                    **dict.fromkeys(TOY_METRICS, math.nan)}
-            path = folder / case.image_path
+            path = contained(folder, case.image_path, "image_path")
             if path.is_file():
                 try:
                     reconstruction, edited = panels(read_rgb(path), case.image_size)

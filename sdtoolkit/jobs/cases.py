@@ -32,6 +32,9 @@ def read_cases(path: str, columns: tuple[str, ...], from_case: int | None, end_c
         cases = df["case_number"].astype(int)
     except ValueError:
         raise UsageError(f"{path}: case_number must be integers, found {list(df['case_number'])}") from None
+    except OverflowError:
+        big = next(v for v in df["case_number"] if not -2**63 <= int(v) < 2**63)
+        raise UsageError(f"{path}: case_number {big} is outside the 64-bit integer range [-2**63, 2**63)") from None
     repeated = sorted(set(cases[cases.duplicated()]))
     if repeated:
         raise UsageError(f"{path}: case_number {repeated} appear(s) more than once; case numbers name the output files")

@@ -20,6 +20,7 @@ from torch import nn
 from sdtoolkit.core.checks import check_image, check_prompt
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import sha256_file
+from sdtoolkit.core.io import result_lock
 from sdtoolkit.core.mapping import MappingNetworks
 from sdtoolkit.core.models import SDModels
 from sdtoolkit.core.settings import InversionMethod, InvertConfig
@@ -81,11 +82,15 @@ def _check_step(path: Path, i: int, step: nn.ModuleDict, tokens: int, width: int
 
 
 def read_reference(path: str | Path, num_steps: int) -> list[nn.ModuleDict]:
-    """The reference file's per-step modules, refused unless it holds exactly ``num_steps`` of them."""
+    """The reference file's per-step modules, refused unless it holds exactly ``num_steps`` of them, all finite."""
     steps = load_reference_pth(path)
     if len(steps) != num_steps:
         raise UsageError(f"{path} holds {len(steps)} steps but --num_ddim_steps is {num_steps}; "
                          f"convert with --num_ddim_steps {len(steps)}")
+    for i, step in enumerate(steps):
+        for name, tensor in step.named_parameters():
+            if not torch.isfinite(tensor).all():
+                raise UsageError(f"{path} step {i}: {name} holds NaN or inf values; the networks cannot be used")
     return steps
 
 
@@ -111,19 +116,21 @@ def convert_reference(models: SDModels, cfg: InvertConfig, pth: str | Path, step
     if cfg.inversion is not InversionMethod.STYLEDIFFUSION:
         raise UsageError("reference .pth files hold StyleDiffusion mapping networks (--inversion stylediffusion)")
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
-    check_image(cfg.image_path)
-    if existing_result(cfg, sha256_file(cfg.image_path), overwrite, models.run_identity(cfg.num_ddim_steps)):
-        return InvertResult(cfg.path(), trained=False)
+    check_image(cfg.image_path, cfg.crop)
     steps = read_reference(pth, cfg.num_ddim_steps) if steps is None else steps
     start = time.perf_counter()
     source = load_source(models, cfg.image_path, cfg.crop)
     features = models.image_features(source.x).float()
     mapping = reference_mapping(pth, steps, features.shape[1], models.max_length).to(models.device)
-    schedule = models.schedule(cfg.num_ddim_steps)
-    text = models.encode_text([cfg.prompt]).float()
-    null = models.encode_text([""]).float()
-    trace = ddim_inversion(models, source.z0, text, schedule, progress=progress)
-    inv = StyleDiffusionInversion(trace.latents[-1], null, mapping, features)
-    extra = {"converted_from": {"file": str(pth), "sha256": sha256_file(pth),
-                                "dropped": "BatchNorm running statistics (unused: the reference runs in training mode)"}}
-    return save_inversion(models, cfg, source, inv, None, time.perf_counter() - start, extra)
+    with result_lock(cfg.path()):  # one writer per result; the file's layout was checked above, before any write
+        if existing_result(cfg, source.sha256, overwrite, models.run_identity(cfg.num_ddim_steps)):
+            return InvertResult(cfg.path(), trained=False)
+        schedule = models.schedule(cfg.num_ddim_steps)
+        text = models.encode_text([cfg.prompt]).float()
+        null = models.encode_text([""]).float()
+        trace = ddim_inversion(models, source.z0, text, schedule, progress=progress)
+        inv = StyleDiffusionInversion(trace.latents[-1], null, mapping, features)
+        extra = {"converted_from": {"file": str(pth), "sha256": sha256_file(pth),
+                                    "dropped": "BatchNorm running statistics (unused: the reference runs in training "
+                                               "mode)"}}
+        return save_inversion(models, cfg, source, inv, None, time.perf_counter() - start, extra)

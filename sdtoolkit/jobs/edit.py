@@ -1,6 +1,7 @@
 """Edit one inverted image with P2Plus for every tau combination; edited images, grids and sidecars on disk."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from sdtoolkit.control.controllers import AttentionStore, LocalBlend, MaskBlend, P2PController, blend_word_alphas, \
     get_equalizer, show_cross_attention
 from sdtoolkit.core.checks import validate_edit
-from sdtoolkit.core.images import image_grid, load_mask, tensor_to_pil
+from sdtoolkit.core.images import decodes, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.io import save_image, write_json
 from sdtoolkit.core.mapping import sidecar_path
 from sdtoolkit.core.models import SDModels
@@ -23,8 +24,7 @@ from sdtoolkit.methods.sampler import sample
 
 def edit_folder(cfg: InvertConfig, edit: EditConfig) -> Path:
     """``{outdir}/{index} {target}`` (the source prompt for StoreAttn), as the reference names it."""
-    text = cfg.prompt if edit.edit_type is EditType.STORE_ATTN else edit.target
-    return Path(edit.outdir) / f"{cfg.index} {text}".replace("/", "_")
+    return edit.folder(cfg.index, cfg.prompt)
 
 
 def expected_files(cfg: InvertConfig, edit: EditConfig) -> list[Path]:
@@ -36,6 +36,37 @@ def expected_files(cfg: InvertConfig, edit: EditConfig) -> list[Path]:
     for taus in edit.combinations():
         out += [folder / f"edited_img-{taus.stem()}.png", folder / f"grid_img-{taus.stem()}.png"]
     return out
+
+
+def sidecar_files(cfg: InvertConfig, edit: EditConfig) -> list[Path]:
+    """The JSON sidecars an edit run writes beside its images."""
+    folder = edit_folder(cfg, edit)
+    if edit.edit_type is EditType.STORE_ATTN:
+        return [folder / "run.json"]
+    return [folder / f"edited_img-{taus.stem()}.json" for taus in edit.combinations()]
+
+
+def _as_json(value) -> object:
+    return json.loads(json.dumps(value, default=str))
+
+
+def damaged_outputs(cfg: InvertConfig, edit: EditConfig, images: list[Path] = ()) -> str | None:
+    """Why an edit must be (re)done: an image (its own, and ``images``) missing or not decoding, a sidecar that
+    does not parse or records other settings; None when everything is there and sound."""
+    for path in expected_files(cfg, edit) + list(images):
+        if not path.is_file():
+            return f"{path} is missing"
+        if not decodes(path):
+            return f"{path} does not decode (truncated or corrupted)"
+    for path in sidecar_files(cfg, edit):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{path} is missing or not JSON ({type(exc).__name__})"
+        if not isinstance(saved, dict) or saved.get("edit") != _as_json(asdict(edit)) or \
+                saved.get("source") != _as_json(asdict(cfg)):
+            return f"{path} records other settings"
+    return None
 
 
 def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps: int, taus: Taus,

@@ -12,6 +12,7 @@ from PIL import Image
 from sdtoolkit.core.checks import check_image, check_prompt
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import load_image, pil_to_tensor, sha256_file
+from sdtoolkit.core.io import result_lock
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, read_sidecar, save_learned, sidecar_path
 from sdtoolkit.core.models import SDModels, model_fingerprint
 from sdtoolkit.core.settings import InvertConfig
@@ -102,7 +103,12 @@ class InvertResult:
 def invert(models: SDModels, cfg: InvertConfig, overwrite: bool = False, progress: bool = True) -> InvertResult:
     """Invert one image with ``cfg.inversion`` and save what was learned (safetensors + JSON sidecar)."""
     check_prompt(cfg.prompt, models.tokenizer, cfg.is_1word)
-    check_image(cfg.image_path)
+    check_image(cfg.image_path, cfg.crop)
+    with result_lock(cfg.path()):  # one writer per result: a second process stops here, naming the lock
+        return _invert(models, cfg, overwrite, progress)
+
+
+def _invert(models: SDModels, cfg: InvertConfig, overwrite: bool, progress: bool) -> InvertResult:
     run = models.run_identity(cfg.num_ddim_steps)
     if existing_result(cfg, sha256_file(cfg.image_path), overwrite, run):
         return InvertResult(cfg.path(), trained=False)

@@ -6,7 +6,7 @@ original to the editing prompt (brackets removed) and write one image of four pa
 instruction text | source | reconstruction | edited — to ``{output_path}/{method}+p2p/annotation_images/{image_path}``,
 the layout PnPInversion's runner writes and its evaluator reads (it crops the right-most square). A JSON
 sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with; a case whose
-image and matching sidecar exist is skipped.
+image decodes and whose sidecar matches is skipped, a truncated or unreadable one is redone (and says so).
 
 Defaults are the settings of PIE-Bench's StyleDiffusion + P2P row (docs/method.md §4): T = 50, 100 inner
 steps, 1 epoch, guidance 7.5, tau_v .5 / tau_c .6 / tau_s .6 / tau_u 0, no blend word, no reweighting.
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdtoolkit.core.checks import validate_edit
+from sdtoolkit.core.checks import check_output_names, validate_edit
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.images import tensor_to_pil
-from sdtoolkit.core.io import save_image, write_json
+from sdtoolkit.core.images import decodes, tensor_to_pil
+from sdtoolkit.core.io import result_lock, save_image, write_json
+from sdtoolkit.core.paths import contained
 from sdtoolkit.core.models import SDModels
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
 from sdtoolkit.core.words import word_spans
@@ -103,7 +104,7 @@ def method_dir(output_path: Path, method: str) -> Path:
 
 
 def output_file(output_path: Path, method: str, case: PieCase) -> Path:
-    return method_dir(output_path, method) / IMAGES_DIR / case.image_path
+    return contained(method_dir(output_path, method) / IMAGES_DIR, case.image_path, "image_path")
 
 
 def sidecar_file(output_path: Path, method: str, case: PieCase) -> Path:
@@ -173,25 +174,46 @@ class CaseResult:
     message: str
     seconds: float = 0.0
     inverted: bool = False
+    redone: str = ""  # why an earlier output of the case was not reused (truncated image, unreadable sidecar)
 
 
-def case_finished(case: PieCase, settings: PieSettings, output_path: Path, overwrite: bool) -> bool:
-    """True when the case's output and a sidecar of the same settings exist; UsageError for other settings."""
+def case_resume(case: PieCase, settings: PieSettings, output_path: Path, overwrite: bool) -> str | None:
+    """None when the case's output decodes and its sidecar records these settings (the case is skipped); else
+    why it is (re)done: "" when it was not written yet (or ``overwrite``), the reason when the output is truncated
+    or its sidecar unreadable. A sound output made with other settings is a UsageError (never replaced)."""
     image, side = output_file(output_path, settings.method, case), sidecar_file(output_path, settings.method, case)
-    if overwrite or not (image.is_file() and side.is_file()):
-        return False
-    saved = json.loads(side.read_text(encoding="utf-8")).get("settings")
-    if saved != json.loads(json.dumps(settings.edit_identity())):
+    if overwrite or not (image.exists() or side.exists()):
+        return ""
+    if not image.is_file() or not decodes(image):
+        return f"{image} is missing or does not decode"
+    try:
+        saved = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its sidecar {side} is missing or not JSON ({type(exc).__name__})"
+    if not isinstance(saved, dict) or saved.get("key") != case.key:
+        return f"its sidecar {side} is not this case's"
+    if saved.get("settings") != json.loads(json.dumps(settings.edit_identity())):
         raise UsageError(f"case {case.key}: {image} was made with other settings; use another --output_path "
                          "(with --inversion_dir to reuse the inversions) or --overwrite")
-    return True
+    return None
 
 
 def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
              inversion_dir: Path, overwrite: bool = False) -> CaseResult:
-    """Invert (or reuse the saved inversion) and edit one case; write its 4-panel image and sidecar."""
-    if case_finished(case, settings, output_path, overwrite):
-        return CaseResult(case.key, "skipped", "already done")
+    """Invert (or reuse the saved inversion) and edit one case; write its 4-panel image and sidecar (one writer
+    per output: a second process stops at the case's lock)."""
+    check_output_names(settings.invert_config(case, data_path, inversion_dir), what=f"case key {case.key!r}")
+    with result_lock(sidecar_file(output_path, settings.method, case)):
+        redo = case_resume(case, settings, output_path, overwrite)
+        if redo is None:
+            return CaseResult(case.key, "skipped", "already done")
+        result = _run_case(models, case, settings, data_path, output_path, inversion_dir)
+    result.redone = redo
+    return result
+
+
+def _run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
+              inversion_dir: Path) -> CaseResult:
     start = time.perf_counter()
     edit = case_edit(case, settings, models.tokenizer)
     mask = annotation_mask(case) if settings.use_annotation_mask else None

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.paths import check_name, contained
 
 MAPPING_FILE = "mapping_file.json"
 IMAGES_DIR = "annotation_images"
@@ -69,8 +70,8 @@ def check_mask_pairs(pairs: Any, shape: tuple[int, int]) -> tuple[int, ...]:
     """Validate run-length pairs for an image of ``shape`` (H, W); return them as a tuple of ints.
 
     Valid: a flat list of an even number of non-negative integers, every start inside the H·W pixels.
-    A run longer than the pixels left after its start is clipped by the decoder (as PIE-Bench's own
-    decoder does) and is accepted. Raises ValueError saying what is wrong.
+    A run longer than the pixels left after its start is accepted and clipped there (as PIE-Bench's own
+    decoder does), so any run length fits the decoder's integers. Raises ValueError saying what is wrong.
     """
     if not isinstance(pairs, (list, tuple)):
         raise ValueError(f"mask must be a list of run-length pairs, got {type(pairs).__name__}")
@@ -87,7 +88,8 @@ def check_mask_pairs(pairs: Any, shape: tuple[int, int]) -> tuple[int, ...]:
         if start >= length:
             raise ValueError(f"mask pair {i // 2} starts at {start}, outside the {shape[0]}x{shape[1]} image "
                              f"({length} pixels)")
-    return tuple(int(v) for v in pairs)
+    starts = [int(v) for v in pairs[0::2]]
+    return tuple(v for start, run in zip(starts, pairs[1::2]) for v in (start, min(int(run), length - start)))
 
 
 def decode_mask(pairs: Sequence[int], shape: tuple[int, int] = (PIE_IMAGE_SIZE, PIE_IMAGE_SIZE),
@@ -209,8 +211,8 @@ class PieCase:
         return decode_mask(self.mask_pairs, self.image_size)
 
     def source_file(self, data_path: str | Path) -> Path:
-        """The source image file of this case in the folder ``data_path``."""
-        return Path(data_path) / IMAGES_DIR / self.image_path
+        """The source image, kept inside ``{data_path}/annotation_images`` (UsageError otherwise)."""
+        return contained(Path(data_path) / IMAGES_DIR, self.image_path, "image_path")
 
     def blend_words(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """The blended words as a prompt-to-prompt blend pair ``((source,), (target,))``; None when empty.
@@ -287,7 +289,13 @@ def parse_case(key: str, index: int, item: Any, root: Path) -> PieCase:
             raise CaseError(f"case {key}: {field}: {err}") from None
         if not remove_brackets(item[field]).strip():
             raise CaseError(f"case {key}: {field} is empty")
-    image_size = _image_size(root / IMAGES_DIR / item["image_path"], key)
+    try:
+        check_name(str(key), "case key")
+        check_name(f"{key}.json", "case key")
+        source = contained(root / IMAGES_DIR, item["image_path"], "image_path")
+    except UsageError as err:
+        raise CaseError(f"case {key}: {err}") from None
+    image_size = _image_size(source, key)
     try:
         pairs = check_mask_pairs(item["mask"], image_size)
     except ValueError as err:

@@ -9,11 +9,10 @@ from tqdm.auto import tqdm
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, style_processors
 from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
+from sdtoolkit.core.errors import NonFiniteError
 from sdtoolkit.core.models import SDModels
 
-
-class NonFiniteError(RuntimeError):
-    """A loss or latent became NaN/inf."""
+__all__ = ["NonFiniteError", "check_finite", "latent_mse", "sample"]
 
 
 def check_finite(value: torch.Tensor, what: str, step: int) -> None:
