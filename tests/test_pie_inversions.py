@@ -280,13 +280,14 @@ def test_proximal_delta_and_edit_mask_on_a_hand_example():
     delta[0, 0, 2, 2], delta[0, 0, 0, 0], delta[0, 0, 4, 4] = 3.0, -0.5, 1.2
     shrunk, tau = proximal_delta(delta, 0.75)
     assert tau == 0.0  # 22 of 25 entries are 0
-    shrunk, tau = proximal_delta(delta, 0.96)
-    assert tau == pytest.approx(float(torch.tensor([0.5, 1.2]).quantile(0.0)) + 0.24 * (1.2 - 0.5), rel=1e-6)
-    want = torch.where(delta.abs() > tau, delta - delta.sign() * tau, torch.zeros(()))
+    shrunk, tau = proximal_delta(delta, 0.9)
+    assert tau == pytest.approx(0.6 * 0.5, rel=1e-6)  # sorted |delta|: 22 zeros, .5, 1.2, 3; position .9 · 24 = 21.6
+    want = torch.zeros(1, 1, 5, 5)
+    want[0, 0, 2, 2], want[0, 0, 0, 0], want[0, 0, 4, 4] = 2.7, -0.2, 0.9
     torch.testing.assert_close(shrunk, want)
     mask = proximal_edit_mask(shrunk, tau, 1)
     expected = torch.zeros(1, 1, 5, 5)
-    expected[0, 0, 1:4, 1:4] = 1.0  # only 3.0 - tau > tau
+    expected[0, 0, 1:4, 1:4] = expected[0, 0, 3:5, 3:5] = 1.0  # 2.7 and 0.9 exceed tau, -0.2 does not
     assert torch.equal(mask, expected)
 
 

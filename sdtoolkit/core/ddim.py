@@ -253,9 +253,8 @@ def transfer_coefficients(alpha_from: float, alpha_to: float,
                           prediction_type: PredictionType = PredictionType.EPSILON) -> tuple[float, float]:
     """``(c_z, c_o)`` with ``ddim_transfer(z, o, alpha_from, alpha_to) = c_z z + c_o o``: the move is affine in the
     latent and the output for every prediction type (module docstring)."""
-    one, zero = torch.ones(()), torch.zeros(())
-    c_z = float(ddim_transfer(one, zero, alpha_from, alpha_to, prediction_type))
-    c_o = float(ddim_transfer(zero, one, alpha_from, alpha_to, prediction_type))
+    c_z = float(ddim_transfer(1.0, 0.0, alpha_from, alpha_to, prediction_type))  # Python floats: double precision
+    c_o = float(ddim_transfer(0.0, 1.0, alpha_from, alpha_to, prediction_type))
     return c_z, c_o
 
 
