@@ -44,6 +44,12 @@ class InversionMethod(enum.StrEnum):
                               InversionMethod.NPI, InversionMethod.DDIM, InversionMethod.TEXTINV) else 50
 
     @property
+    def default_guidance_scale(self) -> float:
+        """Guidance w when ``--guidance_scale`` is not given: 7.5 as the reference; 3 for EDICT, its published
+        setting (docs/method.md §9.3)."""
+        return 3.0 if self is InversionMethod.EDICT else 7.5
+
+    @property
     def default_inner_steps(self) -> int:
         """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10; text-embedding
         inversion: the reference's 10)."""
