@@ -76,7 +76,7 @@ def _pair(texts) -> torch.Tensor:
 
 
 def test_direct_inversion_source_branch_walks_the_inversion_path_and_ends_on_the_input_latent(tiny, texts):
-    """Ju et al. 2023, Alg. 1: the source latent after step i is the inversion latent of that level, so the source
+    """Ju et al. 2023 (docs/method.md §9.1): the source latent after step i is the inversion latent of that level, so the source
     branch's UNet calls see z*_t and its result is z_0; the target branch is plain DDIM sampling (not corrected)."""
     num = 10
     _, schedule, trace, inv = _fit(DirectInversion, tiny, texts, num)
@@ -168,7 +168,7 @@ def test_ddpm_mean_and_sigma_by_hand():
 
 
 def test_edit_friendly_noise_maps_reproduce_every_inverted_level_and_the_input_latent(tiny, texts):
-    """Huberman-Spiegelglas et al. 2023, eqs. 4–5: x_t = sqrt(a) z_0 + sqrt(1 - a) n_t (independent n_t); the map
+    """Huberman-Spiegelglas et al. 2023 (docs/method.md §9.2): x_t = sqrt(a) z_0 + sqrt(1 - a) n_t (independent n_t); the map
     z_t = (x_{t-1} - mu_t(x_t)) / sigma_t makes DDPM sampling from x at step ``skip`` pass through every x_t to z_0."""
     num = 10
     torch.manual_seed(7)

@@ -260,20 +260,20 @@ def transfer_coefficients(alpha_from: float, alpha_to: float,
 
 def undo_sample_step(schedule: DDIMSchedule, i: int, z_prev: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
     """The z_t that :func:`sample_step` moves to ``z_prev`` with this output: ``(z_prev - c_o o) / c_z`` (exact for
-    every prediction type; EDICT's inversion, Wallace et al. 2023 eq. 15, inverts its DDIM steps this way)."""
+    every prediction type; EDICT's inversion inverts its DDIM steps this way, docs/method.md §9.3)."""
     c_z, c_o = transfer_coefficients(schedule.alpha_t[i], schedule.alpha_prev[i], schedule.prediction_type)
     return (z_prev - c_o * model_output) / c_z
 
 
 def edict_mix(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """EDICT's mixing layers after a denoising step (Wallace et al. 2023, eq. 14): ``x' = p x + (1 - p) y``, then
+    """EDICT's mixing layers after a denoising step (Wallace et al. 2023, docs/method.md §9.3): ``x' = p x + (1 - p) y``, then
     ``y' = p y + (1 - p) x'``."""
     x_new = p * x + (1.0 - p) * y
     return x_new, p * y + (1.0 - p) * x_new
 
 
 def edict_unmix(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact inverse of :func:`edict_mix` (eq. 15): ``y = (y' - (1 - p) x') / p``, then ``x = (x' - (1 - p) y) / p``."""
+    """The exact inverse of :func:`edict_mix` (EDICT's inversion): ``y = (y' - (1 - p) x') / p``, then ``x = (x' - (1 - p) y) / p``."""
     y_old = (y - (1.0 - p) * x) / p
     return (x - (1.0 - p) * y_old) / p, y_old
 
@@ -297,20 +297,20 @@ def ddpm_mean(schedule: DDIMSchedule, i: int, z: torch.Tensor, model_output: tor
 
 def ddpm_step(schedule: DDIMSchedule, i: int, z: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor,
               eta: float = 1.0) -> torch.Tensor:
-    """Stochastic sampling step i with a given noise map: ``mu_t + sigma_t noise`` (DDIM eq. 12; Huberman-Spiegelglas
-    et al. 2023, eq. 3)."""
+    """Stochastic sampling step i with a given noise map: ``mu_t + sigma_t noise`` (DDIM eq. 12; the DDPM sampler of
+    edit-friendly inversion, docs/method.md §9.2)."""
     return ddpm_mean(schedule, i, z, model_output, eta) + ddpm_sigma(schedule, i, eta) * noise
 
 
 def noise_map(schedule: DDIMSchedule, i: int, z: torch.Tensor, z_prev: torch.Tensor, model_output: torch.Tensor,
               eta: float = 1.0) -> torch.Tensor:
-    """The edit-friendly noise map of step i (Huberman-Spiegelglas et al. 2023, eq. 5):
+    """The edit-friendly noise map of step i (Huberman-Spiegelglas et al. 2023, docs/method.md §9.2):
     ``(z_prev - mu_t(z)) / sigma_t``, so that :func:`ddpm_step` from ``z`` lands on ``z_prev``."""
     return (z_prev - ddpm_mean(schedule, i, z, model_output, eta)) / ddpm_sigma(schedule, i, eta)
 
 
 def edit_friendly_latents(schedule: DDIMSchedule, z0: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
-    """The independently noised latents of edit-friendly inversion (eq. 4): row k (k = 1 … T) is
+    """The independently noised latents of edit-friendly inversion (docs/method.md §9.2): row k (k = 1 … T) is
     ``sqrt(a) z0 + sqrt(1 - a) noises[k-1]`` at the level ``alpha_t[T-k]``; row 0 is z0. ``noises``: (T, *z0.shape[1:])
     standard normal. Returns (T+1, *z0.shape[1:]), ordered as DDIM inversion's latents (z0 first, z_T last)."""
     num = schedule.num_steps
@@ -322,7 +322,7 @@ def edit_friendly_latents(schedule: DDIMSchedule, z0: torch.Tensor, noises: torc
 
 
 def proximal_delta(delta: torch.Tensor, quantile: float) -> tuple[torch.Tensor, float]:
-    """ProxEdit's proximal step on the guidance difference ``delta = eps_c - eps_u`` (Han et al. 2023, eq. 9, the
+    """ProxEdit's proximal step on the guidance difference ``delta = eps_c - eps_u`` (Han et al. 2023, docs/method.md §9.4; the
     'l0' variant as PIE-Bench's runner runs it): threshold ``tau`` = the ``quantile`` of ``|delta|`` over the whole
     batch; returns ``(delta - clamp(delta, -tau, tau), tau)``: entries within tau become 0, the others shrink by tau."""
     tau = float(delta.float().abs().quantile(quantile))

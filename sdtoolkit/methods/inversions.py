@@ -319,7 +319,7 @@ def row_scales(batch: int, source: float, other: float, like: torch.Tensor) -> t
 
 
 class DirectCorrection(Inversion):
-    """Direct Inversion's per-step correction of the source branch (Ju et al. 2023, "PnP Inversion", Alg. 1): after
+    """Direct Inversion's per-step correction of the source branch (Ju et al. 2023, "PnP Inversion"; docs/method.md §9.1): after
     sampling step i the source latent gets the difference between the DDIM inversion latent of that level and itself,
     so the source branch walks the inversion path exactly; the target branch is not corrected. Mixed into a method
     whose fit keeps the DDIM trace (``inversion_latents``: z_0 … z_T, (T+1, 4, h, w))."""
@@ -475,8 +475,8 @@ class EditFriendlyInversion(Inversion):
 @register
 class EdictInversion(Inversion):
     """EDICT (Wallace et al. 2023): two coupled latent sequences (x, y), each DDIM step of one predicted from the
-    other, then the mixing layers with weight ``mix`` (eq. 14); inverted exactly by running the same operations
-    backwards (eq. 15). The steps alternate which sequence goes first (the published "leapfrog" order); the
+    other, then the mixing layers with weight ``mix``; inverted exactly by running the same operations
+    backwards (docs/method.md §9.3). The steps alternate which sequence goes first (the published "leapfrog" order); the
     noisiest ``1 - strength`` of the steps are not run (published strength .8). Editing samples the inverted pair
     with [source, target], the controller in every pass; the result is the x sequence."""
 
