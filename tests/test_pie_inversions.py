@@ -9,9 +9,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from PIL import Image
 
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.cli import stylediffusion
@@ -23,6 +25,7 @@ from sdtoolkit.core.settings import InversionMethod, TrainSettings
 from sdtoolkit.methods.inversions import (DDIMInversion, DirectInversion, EdictInversion, EditFriendlyInversion,
                                           ProxNPIInversion, StyleDiffusionDirectInversion, StyleDiffusionInversion,
                                           ddim_inversion, method_class)
+from sdtoolkit.jobs.pie_data import encode_mask
 from sdtoolkit.methods.sampler import sample
 
 SOURCE = "a cat sitting on a rug"
@@ -372,3 +375,28 @@ def test_cli_inverts_and_edits_with_each_method(run, tmp_path, method):
     assert code == 0, err
     folder = tmp_path / "edits" / f"3 {TARGET}"
     assert (folder / "edited_img-tau_v0.5-tau_c0.6-tau_s0.6-tau_u0.5.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["directinversion", "editfriendly", "edict", "proxnpi", "stylediffusion_direct"])
+def test_pie_bench_runs_each_method_with_its_published_guidance(tmp_path, method):
+    """``pie_bench.py --method X`` writes the 4-panel output; EDICT runs at its published guidance 3 by default."""
+    from sdtoolkit.cli.pie_bench import main
+
+    data = tmp_path / "data"
+    (data / "annotation_images" / "0_random").mkdir(parents=True)
+    pixels = torch.randint(0, 256, (64, 64, 3), generator=torch.Generator().manual_seed(12), dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(data / "annotation_images" / "0_random" / "000000000001.png")
+    mask = np.zeros((64, 64), bool)
+    mask[16:40, 20:44] = True
+    (data / "mapping_file.json").write_text(json.dumps({"000000000001": {
+        "image_path": "0_random/000000000001.png", "original_prompt": "a [cat] sitting on a mat",
+        "editing_prompt": "a [dog] sitting on a mat", "editing_instruction": "Turn the cat into a dog",
+        "editing_type_id": "1", "blended_word": "cat dog", "mask": encode_mask(mask)}}))
+    out = tmp_path / "out"
+    assert main(["--data_path", str(data), "--output_path", str(out), "--method", method, "--model", "tiny",
+                 "--device", "cpu", "--num_ddim_steps", "5", "--num_inner_steps", "1"]) == 0
+    folder = out / f"{method}+p2p"
+    assert (folder / "annotation_images" / "0_random" / "000000000001.png").is_file()
+    side = json.loads((folder / "cases" / "000000000001.json").read_text())
+    assert side["settings"]["method"] == method
+    assert side["settings"]["guidance_scale"] == (3.0 if method == "edict" else 7.5)
