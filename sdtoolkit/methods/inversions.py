@@ -318,11 +318,8 @@ def row_scales(batch: int, source: float, other: float, like: torch.Tensor) -> t
     return scales
 
 
-class DirectCorrection(Inversion):
-    """Direct Inversion's per-step correction of the source branch (Ju et al. 2023, "PnP Inversion"; docs/method.md §9.1): after
-    sampling step i the source latent gets the difference between the DDIM inversion latent of that level and itself,
-    so the source branch walks the inversion path exactly; the target branch is not corrected. Mixed into a method
-    whose fit keeps the DDIM trace (``inversion_latents``: z_0 … z_T, (T+1, 4, h, w))."""
+class KeepsInversionLatents(Inversion):
+    """Mixed into a method that also keeps the DDIM trace ẑ_0 … ẑ_T (``inversion_latents``, (T+1, 4, h, w))."""
 
     latents: torch.Tensor
 
@@ -338,14 +335,23 @@ class DirectCorrection(Inversion):
         inv.latents = stacked_latents(tensors, "inversion_latents", num_steps + 1, null.device)
         return inv
 
-    def step(self, schedule, i, z, predict, guidance_scale):
-        z = super().step(schedule, i, z, predict, guidance_scale)
-        target = self.latents[schedule.num_steps - 1 - i].to(z.dtype)  # the inversion latent at alpha_prev[i]
-        source = z[:1] + (target - z[:1])  # the published offset, computed where the source branch is
-        return torch.cat([source, z[1:]])
+    def latent_after(self, schedule: DDIMSchedule, i: int, like: torch.Tensor) -> torch.Tensor:
+        """The inversion latent at the level sampling step i moves to (``alpha_prev[i]``), (1, 4, h, w)."""
+        return self.latents[schedule.num_steps - 1 - i][None].to(like.dtype)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return super().tensors() | {"inversion_latents": self.latents}
+
+
+class DirectCorrection(KeepsInversionLatents):
+    """Direct Inversion's per-step correction of the source branch (Ju et al. 2023, "PnP Inversion"; docs/method.md
+    §9.1): after sampling step i the source latent gets the difference between the DDIM inversion latent of that
+    level and itself, so the source branch walks the inversion path exactly; the target branch is not corrected."""
+
+    def step(self, schedule, i, z, predict, guidance_scale):
+        z = super().step(schedule, i, z, predict, guidance_scale)
+        source = z[:1] + (self.latent_after(schedule, i, z) - z[:1])  # the published offset, where the source is
+        return torch.cat([source, z[1:]])
 
 
 @register
@@ -365,7 +371,7 @@ class StyleDiffusionDirectInversion(DirectCorrection, StyleDiffusionInversion):
 
 
 @register
-class ProxNPIInversion(NegativePromptInversion):
+class ProxNPIInversion(KeepsInversionLatents, NegativePromptInversion):
     """ProxEdit on negative-prompt inversion (Han et al. 2023, "Improving tuning-free real image editing with proximal
     guidance"): in editing, the guidance difference goes through a proximal (thresholding) step, and below
     timestep ``recon_t`` the latents outside the thresholded region are pulled to the DDIM inversion latents
@@ -377,20 +383,6 @@ class ProxNPIInversion(NegativePromptInversion):
     recon_lr: ClassVar[float] = 1.0
     dilate_radius: ClassVar[int] = 1
 
-    latents: torch.Tensor
-
-    @classmethod
-    def fit(cls, models, trace, text, null, x, schedule, settings, progress=True):
-        inv, log = super().fit(models, trace, text, null, x, schedule, settings, progress)
-        inv.latents = torch.cat(trace.latents)
-        return inv, log
-
-    @classmethod
-    def from_tensors(cls, tensors, null, source_text, num_steps):
-        inv = super().from_tensors(tensors, null, source_text, num_steps)
-        inv.latents = stacked_latents(tensors, "inversion_latents", num_steps + 1, null.device)
-        return inv
-
     def step(self, schedule, i, z, predict, guidance_scale):
         eps_u, eps_c = predict(z)
         if z.shape[0] < 2:  # reconstruction only: no target to guide
@@ -399,12 +391,8 @@ class ProxNPIInversion(NegativePromptInversion):
         z = sample_step(schedule, i, z, eps_u + guidance_scale * delta)
         if schedule.timesteps[i] < self.recon_t:
             keep = 1.0 - proximal_edit_mask(delta, tau, self.dilate_radius)
-            reference = self.latents[schedule.num_steps - 1 - i].to(z.dtype)
-            z = z - self.recon_lr * (z - reference) * keep
+            z = z - self.recon_lr * (z - self.latent_after(schedule, i, z)) * keep
         return z
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return super().tensors() | {"inversion_latents": self.latents}
 
     def method_settings(self) -> dict:
         return {"prox": "l0", "quantile": self.quantile, "recon_t": self.recon_t, "recon_lr": self.recon_lr,
