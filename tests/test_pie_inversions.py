@@ -341,38 +341,23 @@ def test_registry_and_published_defaults():
 # End to end: stylediffusion.py --inversion X (invert, then edit) on the tiny model
 
 
-@pytest.fixture
-def run(tiny, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("method", ["directinversion", "editfriendly", "edict", "proxnpi", "stylediffusion_direct"])
+def test_cli_inverts_and_edits_with_each_method(tiny, tmp_path, monkeypatch, method):
     import sdtoolkit.core.models
 
     monkeypatch.setattr(sdtoolkit.core.models, "load_models", lambda model, *a, **k: tiny)
     monkeypatch.chdir(tmp_path)
-
-    def go(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.run_main(stylediffusion.main, list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return go
-
-
-@pytest.mark.parametrize("method", ["directinversion", "editfriendly", "edict", "proxnpi", "stylediffusion_direct"])
-def test_cli_inverts_and_edits_with_each_method(run, tmp_path, method):
     common = ["--index", "3", "--prompt", SOURCE, "--image_path", CAT, "--model", "tiny", "--num_ddim_steps", "5",
               "--num_inner_steps", "2", "--inversion", method, "--model_dir", "m"]
-    code, out, err = run(*common, "--is_train", "True")
-    assert code == 0, err
-    tag = "learnv" if method == "stylediffusion" else method
-    learned = tmp_path / "m" / f"model_{tag}" / f"model-inner2-epoch1-{tag}-[3].safetensors"
+    assert cli.run_main(stylediffusion.main, [*common, "--is_train", "True"]) == 0
+    learned = tmp_path / "m" / f"model_{method}" / f"model-inner2-epoch1-{method}-[3].safetensors"
     side = json.loads(sidecar_path(learned).read_text())
     assert side["inversion"] == method and side["num_ddim_steps"] == 5
     if method in ("directinversion", "editfriendly", "edict", "stylediffusion_direct"):  # exact source reconstruction
         assert side["reconstruction"]["trained_latent_mse"] < 1e-8, side["reconstruction"]
-    code, out, err = run(*common, "--is_train", "", "--target", TARGET, "--tau_v", "[.5,]", "--tau_c", "[.6,]",
-                         "--tau_s", "[.6,]", "--tau_u", "[.5,]", "--blend_word", "[('cat',), ('tiger',)]",
-                         "--outdir", "edits")
-    assert code == 0, err
+    edit = ["--is_train", "", "--target", TARGET, "--tau_v", "[.5,]", "--tau_c", "[.6,]", "--tau_s", "[.6,]",
+            "--tau_u", "[.5,]", "--blend_word", "[('cat',), ('tiger',)]", "--outdir", "edits"]
+    assert cli.run_main(stylediffusion.main, [*common, *edit]) == 0
     folder = tmp_path / "edits" / f"3 {TARGET}"
     assert (folder / "edited_img-tau_v0.5-tau_c0.6-tau_s0.6-tau_u0.5.png").is_file()
 
