@@ -32,6 +32,7 @@ METHODS = "tests/test_pinned_methods.py"
 OUTPUTS = "tests/test_pinned_outputs.py"
 BACKBONES = "tests/test_pinned_backbones.py"
 SCHEDULES = "tests/test_schedules.py"
+PIE_ROWS = "tests/test_pie_inversions.py"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,24 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("storemask background mask = foreground", "sdtoolkit/evaluation/storemask.py",
            "fg_png, bg_png = to_png(fg), to_png(1 - fg)", "fg_png, bg_png = to_png(fg), to_png(fg)",
            (OUTPUTS,)),
+    # PIE-Bench's other rows (issue 21)
+    Mutant("PIE rows: direct correction also applied to the target row", "sdtoolkit/methods/inversions.py",
+           "return torch.cat([source, z[1:]])",
+           "return torch.cat([source, self.latent_after(schedule, i, z).expand_as(z[1:])])",
+           (PIE_ROWS,)),
+    Mutant("PIE rows: edit-friendly source row at the target's guidance", "sdtoolkit/methods/inversions.py",
+           "row_scales(z.shape[0], self.source_guidance, guidance_scale, z)",
+           "row_scales(z.shape[0], guidance_scale, guidance_scale, z)",
+           (PIE_ROWS,)),
+    Mutant("PIE rows: EDICT sampling ignores the leapfrog order", "sdtoolkit/methods/inversions.py",
+           "if (i - self.first_step) % 2 == 0:", "if True:",
+           (PIE_ROWS,)),
+    Mutant("PIE rows: EDICT mixing weight swapped", "sdtoolkit/core/ddim.py",
+           "x_new = p * x + (1.0 - p) * y", "x_new = (1.0 - p) * x + p * y",
+           (PIE_ROWS,)),
+    Mutant("PIE rows: ProxNPI pulls to the inversion at every timestep", "sdtoolkit/methods/inversions.py",
+           "if schedule.timesteps[i] < self.recon_t:", "if True:",
+           (PIE_ROWS,)),
 )
 
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
     p.add_argument("--num_epoch", type=int, default=1)
     cli.add_schedule_flag(p)
-    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
     p.add_argument("--tau_v", type=float, default=0.5)
     p.add_argument("--tau_c", type=float, default=0.6)
     p.add_argument("--tau_s", type=float, default=0.6)
@@ -65,14 +66,15 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
     """Checked settings from the parsed flags."""
     method = to_enum(InversionMethod, args.method, "--method")
     inner = method.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
+    guidance = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
     taus = [checks.check_fractions([getattr(args, f"tau_{n}")], f"--tau_{n}")[0] for n in "vcsu"]
-    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_finite(guidance, "--guidance_scale")
     checks.check_seed(args.seed)
     checks.check_size(args.resolution, False)
     return PieSettings(model=checks.model_id(args.model, args.sd_version), method=method,
                        num_ddim_steps=args.num_ddim_steps, num_inner_steps=inner, num_epoch=args.num_epoch,
-                       guidance_scale=args.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
+                       guidance_scale=guidance, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
                        replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
                        seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect,

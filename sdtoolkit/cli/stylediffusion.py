@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_model_flags(g)
     g = p.add_argument_group("training")
     g.add_argument("--num_ddim_steps", type=int, default=None,
-                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts)")
-    g.add_argument("--guidance_scale", type=float, default=7.5)
+                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts, and for "
+                   "directinversion, editfriendly, edict, proxnpi, as their published runners)")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
     g.add_argument("--num_inner_steps", type=int, default=None,
                    help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and textinv)")
     g.add_argument("--num_epoch", type=int, default=1)
@@ -71,12 +73,13 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
                          "Replacement or Refinement")
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
+    guidance = inversion.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     checks.check_counts(inner, args.num_epoch, steps)
-    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_finite(guidance, "--guidance_scale")
     checks.check_seed(args.seed)
     inv = InvertConfig(
         prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=inversion,
-        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_ddim_steps=steps, guidance_scale=guidance, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
         attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir, resolution=args.resolution,
         keep_aspect=args.keep_aspect, schedule=args.schedule,

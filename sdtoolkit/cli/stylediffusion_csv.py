@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
     cli.add_model_flags(p)
     p.add_argument("--num_ddim_steps", type=int, default=None,
-                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts)")
-    p.add_argument("--guidance_scale", type=float, default=7.5)
+                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts, and for "
+                   "directinversion, editfriendly, edict, proxnpi, as their published runners)")
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
     p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext, textinv)")
     p.add_argument("--num_epoch", type=int, default=1)
     cli.add_schedule_flag(p)
@@ -124,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     inversion = InversionMethod(args.inversion)
     inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
     steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
+    guidance = inversion.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     checks.check_counts(inner, args.num_epoch, steps)
-    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_finite(guidance, "--guidance_scale")
     checks.check_seed(args.seed)
     editing = not args.is_train
     template = InvertConfig(
         prompt="", image_path="", model=model, inversion=inversion,
-        num_ddim_steps=steps, guidance_scale=args.guidance_scale, num_inner_steps=inner,
+        num_ddim_steps=steps, guidance_scale=guidance, num_inner_steps=inner,
         num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
         model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect, schedule=args.schedule,
     )

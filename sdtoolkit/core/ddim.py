@@ -227,3 +227,97 @@ def guided_eps(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) 
     parameterisation (eps, v or x0), as diffusers' pipelines do. At a fixed latent and level the conversion
     to (eps, x0) is affine with weights summing to one, so guiding v or x0 equals guiding eps."""
     return uncond + guidance_scale * (cond - uncond)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other inversions of PIE-Bench's table (docs/method.md §9): exact inverses, DDPM noise maps, EDICT's mixing,
+# proximal guidance.
+
+
+def transfer_coefficients(alpha_from: float, alpha_to: float,
+                          prediction_type: PredictionType = PredictionType.EPSILON) -> tuple[float, float]:
+    """``(c_z, c_o)`` with ``ddim_transfer(z, o, alpha_from, alpha_to) = c_z z + c_o o``: the move is affine in the
+    latent and the output for every prediction type (module docstring)."""
+    c_z = float(ddim_transfer(1.0, 0.0, alpha_from, alpha_to, prediction_type))  # Python floats: double precision
+    c_o = float(ddim_transfer(0.0, 1.0, alpha_from, alpha_to, prediction_type))
+    return c_z, c_o
+
+
+def undo_sample_step(schedule: DDIMSchedule, i: int, z_prev: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    """The z_t that :func:`sample_step` moves to ``z_prev`` with this output: ``(z_prev - c_o o) / c_z`` (exact for
+    every prediction type; EDICT's inversion inverts its DDIM steps this way, docs/method.md §9.3)."""
+    c_z, c_o = transfer_coefficients(schedule.alpha_t[i], schedule.alpha_prev[i], schedule.prediction_type)
+    return (z_prev - c_o * model_output) / c_z
+
+
+def edict_mix(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDICT's mixing layers after a denoising step (Wallace et al. 2023, docs/method.md §9.3): ``x' = p x + (1 - p) y``, then
+    ``y' = p y + (1 - p) x'``."""
+    x_new = p * x + (1.0 - p) * y
+    return x_new, p * y + (1.0 - p) * x_new
+
+
+def edict_unmix(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact inverse of :func:`edict_mix` (EDICT's inversion): ``y = (y' - (1 - p) x') / p``, then ``x = (x' - (1 - p) y) / p``."""
+    y_old = (y - (1.0 - p) * x) / p
+    return (x - (1.0 - p) * y_old) / p, y_old
+
+
+def ddpm_sigma(schedule: DDIMSchedule, i: int, eta: float = 1.0) -> float:
+    """sigma of sampling step i (DDIM eq. 16): ``eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))``;
+    eta = 1 is DDPM's posterior standard deviation, as edit-friendly DDPM inversion uses it."""
+    a_t, a_prev = schedule.alpha_t[i], schedule.alpha_prev[i]
+    return eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+
+
+def ddpm_mean(schedule: DDIMSchedule, i: int, z: torch.Tensor, model_output: torch.Tensor,
+              eta: float = 1.0) -> torch.Tensor:
+    """mu_t of sampling step i (DDIM eq. 12 without the noise term):
+    ``sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps``, the output read at ``alpha_t[i]``."""
+    eps, x0 = split_prediction(model_output, z, schedule.alpha_t[i], schedule.prediction_type)
+    a_prev = schedule.alpha_prev[i]
+    sigma = ddpm_sigma(schedule, i, eta)
+    return math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+
+
+def ddpm_step(schedule: DDIMSchedule, i: int, z: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor,
+              eta: float = 1.0) -> torch.Tensor:
+    """Stochastic sampling step i with a given noise map: ``mu_t + sigma_t noise`` (DDIM eq. 12; the DDPM sampler of
+    edit-friendly inversion, docs/method.md §9.2)."""
+    return ddpm_mean(schedule, i, z, model_output, eta) + ddpm_sigma(schedule, i, eta) * noise
+
+
+def noise_map(schedule: DDIMSchedule, i: int, z: torch.Tensor, z_prev: torch.Tensor, model_output: torch.Tensor,
+              eta: float = 1.0) -> torch.Tensor:
+    """The edit-friendly noise map of step i (Huberman-Spiegelglas et al. 2023, docs/method.md §9.2):
+    ``(z_prev - mu_t(z)) / sigma_t``, so that :func:`ddpm_step` from ``z`` lands on ``z_prev``."""
+    return (z_prev - ddpm_mean(schedule, i, z, model_output, eta)) / ddpm_sigma(schedule, i, eta)
+
+
+def edit_friendly_latents(schedule: DDIMSchedule, z0: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
+    """The independently noised latents of edit-friendly inversion (docs/method.md §9.2): row k (k = 1 … T) is
+    ``sqrt(a) z0 + sqrt(1 - a) noises[k-1]`` at the level ``alpha_t[T-k]``; row 0 is z0. ``noises``: (T, *z0.shape[1:])
+    standard normal. Returns (T+1, *z0.shape[1:]), ordered as DDIM inversion's latents (z0 first, z_T last)."""
+    num = schedule.num_steps
+    rows = [z0[0].float()]
+    for k in range(1, num + 1):
+        a = schedule.alpha_t[num - k]
+        rows.append(math.sqrt(a) * z0[0].float() + math.sqrt(1.0 - a) * noises[k - 1].float())
+    return torch.stack(rows)
+
+
+def proximal_delta(delta: torch.Tensor, quantile: float) -> tuple[torch.Tensor, float]:
+    """ProxEdit's proximal step on the guidance difference ``delta = eps_c - eps_u`` (Han et al. 2023, docs/method.md §9.4; the
+    'l0' variant as PIE-Bench's runner runs it): threshold ``tau`` = the ``quantile`` of ``|delta|`` over the whole
+    batch; returns ``(delta - clamp(delta, -tau, tau), tau)``: entries within tau become 0, the others shrink by tau."""
+    tau = float(delta.float().abs().quantile(quantile))
+    return delta - delta.clamp(-tau, tau), tau
+
+
+def proximal_edit_mask(delta: torch.Tensor, tau: float, radius: int = 1) -> torch.Tensor:
+    """Where the proximal guidance edits: ``|delta| > tau`` (delta after :func:`proximal_delta`), dilated by a
+    (2 radius + 1)² max-pool per channel, as the published runner; 1 = edited, 0 = reconstructed from inversion."""
+    mask = (delta.abs() > tau).float()
+    if radius > 0:
+        mask = torch.nn.functional.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+    return mask

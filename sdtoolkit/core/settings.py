@@ -24,6 +24,11 @@ class InversionMethod(enum.StrEnum):
     NPI = "npi"
     DDIM = "ddim"
     TEXTINV = "textinv"
+    DIRECT = "directinversion"
+    EDIT_FRIENDLY = "editfriendly"
+    EDICT = "edict"
+    PROXNPI = "proxnpi"
+    STYLEDIFFUSION_DIRECT = "stylediffusion_direct"
 
     @property
     def tag(self) -> str:
@@ -32,9 +37,17 @@ class InversionMethod(enum.StrEnum):
 
     @property
     def default_ddim_steps(self) -> int:
-        """T when ``--num_ddim_steps`` is not given: 30 as the reference's stylediffusion.py; 50 for null-text, as
-        the reference's null-text script."""
-        return 50 if self is InversionMethod.NULLTEXT else 30
+        """T when ``--num_ddim_steps`` is not given: 30 as the reference's stylediffusion.py (and StyleDiffusion with
+        direct correction); 50 for null-text, as the reference's null-text script, and for PIE-Bench's other rows, as
+        their published runners (docs/method.md §9)."""
+        return 30 if self in (InversionMethod.STYLEDIFFUSION, InversionMethod.STYLEDIFFUSION_DIRECT,
+                              InversionMethod.NPI, InversionMethod.DDIM, InversionMethod.TEXTINV) else 50
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """Guidance w when ``--guidance_scale`` is not given: 7.5 as the reference; 3 for EDICT, its published
+        setting (docs/method.md §9.3)."""
+        return 3.0 if self is InversionMethod.EDICT else 7.5
 
     @property
     def default_inner_steps(self) -> int:

@@ -154,6 +154,7 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
                      "width_bridge": mapping.bridge if mapping is not None else "none"},
         "reconstruction": reconstruction,
         "worse_than_ddim": worse_than_ddim(reconstruction),
+        "method_settings": inv.method_settings(),
         **(extra or {}),
     }
     path = save_learned(cfg.path(), inv.tensors(), sidecar)

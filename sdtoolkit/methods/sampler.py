@@ -1,6 +1,7 @@
 """The shared sampler: guided DDIM sampling from an inversion, with an optional attention controller."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, style_processors
-from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
+from sdtoolkit.core.ddim import DDIMSchedule
 from sdtoolkit.core.errors import NonFiniteError
 from sdtoolkit.core.models import SDModels
 
@@ -64,28 +65,45 @@ def sample(
     conditional text, value-path input); ``texts[0]`` is the source prompt. The unconditional and conditional passes are separate UNet calls, so controllers see
     which branch runs. ``mapped(i)`` says per batch element whether the value path reads the learned input
     (default: all). The controller may blend latents after each step through ``step_callback(z, i)``.
+    The inversion owns the loop's ends and its step (``start``, ``first_step``, ``step``, ``blend``, ``finish``):
+    plain guided DDIM by default; DDPM noise maps, EDICT's coupled pair, a per-step correction of the source
+    branch or proximal guidance for the methods that need them (docs/method.md §9).
     ``explicit`` materialises attention probabilities in every layer (the reference's cost, used by
     benchmarks/bench.py; results equal up to float noise). ``pooled`` (B, P): SDXL's pooled embeddings of ``texts``;
     the unconditional branch's come from ``inversion.uncond_pooled``.
     """
     batch = texts.shape[0]
-    z = inversion.z_T.expand(batch, -1, -1, -1).clone()
+    z = inversion.start(batch)
     watch = FiniteWatch("the sampled latent")
     with torch.no_grad(), style_processors(models.unet):
-        for i in tqdm(range(schedule.num_steps), desc=desc, disable=not progress, leave=False):
-            t = schedule.timesteps[i]
+        for i in tqdm(range(inversion.first_step, schedule.num_steps), desc=desc, disable=not progress, leave=False):
             use = mapped(i) if mapped is not None else [True] * batch
-            uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
-            eps_u = models.predict(z, t, inversion.uncond(i, batch), uncond_call, inversion.uncond_pooled(batch))
-            value = inversion.value_states(i, texts, use)
-            cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
-            eps_c = models.predict(z, t, inversion.cond_texts(i, texts), cond_call, pooled)
-            z = sample_step(schedule, i, z, guided_eps(eps_u, eps_c, guidance_scale))
+            predict = partial(_predict, models, schedule.timesteps[i], inversion, i, texts, use, controller, explicit,
+                              pooled)
+            z = inversion.step(schedule, i, z, predict, guidance_scale)
             if controller is not None:
-                z = controller.step_callback(z, i)
+                z = inversion.blend(z, lambda x, i=i: controller.step_callback(x, i))
             watch.add(z, i)
     watch.check()
-    return z
+    return inversion.finish(z)
+
+
+Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""The UNet at one sampling step: latents (B, 4, h, w) → (unconditional output, conditional output)."""
+
+
+def _predict(models: SDModels, t: int, inversion, i: int, texts: torch.Tensor, use: list[bool],
+             controller: AttentionController | None, explicit: bool, pooled: torch.Tensor | None,
+             z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unconditional and the conditional pass of step i at latents ``z`` (two UNet calls, the controller told
+    the step and the branch)."""
+    batch = texts.shape[0]
+    uncond_call = AttnCall(i, Branch.UNCOND, controller=controller, explicit=explicit)
+    eps_u = models.predict(z, t, inversion.uncond(i, batch), uncond_call, inversion.uncond_pooled(batch))
+    value = inversion.value_states(i, texts, use)
+    cond_call = AttnCall(i, Branch.COND, value_states=value, controller=controller, explicit=explicit)
+    eps_c = models.predict(z, t, inversion.cond_texts(i, texts), cond_call, pooled)
+    return eps_u, eps_c
 
 
 def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
