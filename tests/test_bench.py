@@ -14,7 +14,7 @@ def test_bench_tiny_cpu_prints_table_and_ratios(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--tiny", "--device", "cpu", "--iters", "2",
-         "--warmup", "1", "--edit_steps", "3", "--out", str(out)],
+         "--warmup", "1", "--edit_steps", "3", "--overhead_rounds", "1", "--json", str(out)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -24,3 +24,6 @@ def test_bench_tiny_cpu_prints_table_and_ratios(tmp_path):
     for setting in data["settings"].values():
         assert setting["ms_per_train_iter"] > 0 and setting["s_per_edit_combination"] > 0
     assert data["ratios"]["train_iter_speedup"] > 0
+    assert data["overhead_train"] > 0 and data["overhead_edit"] > 0  # loop / bare UNet, timed side by side
+    assert "overhead (b): training iteration" in proc.stdout
+    assert data["unet_passes"]["edit_combination_unet_calls"] == 2 * 3
