@@ -116,7 +116,7 @@ MUTANTS: tuple[Mutant, ...] = (
            (f"{GUARDS}::test_sampling_stops_at_the_first_non_finite_latent",)),
     # issue 18: the schedules and the windowed optimisation loop
     Mutant("reference early stop: no rewind inside a window", "sdtoolkit/methods/training.py",
-           "torch._foreach_copy_([p.detach() for p in params], ring[(kept - 1) % plan.window])", "pass",
+           "torch._foreach_copy_(detached, ring[(kept - 1) % plan.window])", "pass",
            (f"{SCHEDULES}::test_windowed_reference_stop_rewinds_to_the_per_iteration_result",)),
     Mutant("fast schedule: learning-rate warm-up ignored", "sdtoolkit/core/schedules.py",
            "return self.lr * min(1.0, (j + 1) / self.warmup) if self.warmup else self.lr", "return self.lr",

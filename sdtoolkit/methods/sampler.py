@@ -16,13 +16,16 @@ from sdtoolkit.core.models import SDModels
 __all__ = ["NonFiniteError", "check_finite", "latent_mse", "sample"]
 
 
+def non_finite(what: str, step: int) -> NonFiniteError:
+    """The error naming the step where ``what`` stopped being finite."""
+    return NonFiniteError(f"{what} is not finite at sampling step {step}: try --dtype fp32, or a smaller learning "
+                          "rate / fewer inner steps")
+
+
 def check_finite(value: torch.Tensor, what: str, step: int) -> None:
     """Stop with a message naming the step when ``value`` holds NaN or inf."""
     if not torch.isfinite(value).all():
-        raise NonFiniteError(
-            f"{what} is not finite at sampling step {step}: try --dtype fp32, or a smaller learning rate / "
-            "fewer inner steps"
-        )
+        raise non_finite(what, step)
 
 
 class FiniteWatch:
@@ -43,7 +46,7 @@ class FiniteWatch:
             return
         ok = torch.stack(self.flags).cpu().tolist()
         if not all(ok):
-            check_finite(torch.tensor(float("nan")), self.what, self.steps[ok.index(False)])
+            raise non_finite(self.what, self.steps[ok.index(False)])
 
 
 def sample(

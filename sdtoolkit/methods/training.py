@@ -63,7 +63,8 @@ def optimise_step(
     losses: list[torch.Tensor] = []
     values: list[float] = []
     rewind = plan.stop_below is not None and plan.window > 1
-    ring = [[p.detach().clone() for p in params] for _ in range(plan.window)] if rewind else []
+    detached = [p.detach() for p in params]
+    ring = [[p.clone() for p in detached] for _ in range(plan.window)] if rewind else []
     for j in range(plan.iterations):
         if plan.warmup:
             for group in optimizer.param_groups:
@@ -74,7 +75,7 @@ def optimise_step(
         optimizer.step()
         losses.append(loss.detach())
         if rewind:
-            torch._foreach_copy_(ring[j % plan.window], [p.detach() for p in params])
+            torch._foreach_copy_(ring[j % plan.window], detached)
         if (j + 1) % plan.window and j + 1 < plan.iterations:
             continue
         start = len(values)
@@ -88,7 +89,7 @@ def optimise_step(
         kept = plan.stops(values, start)
         if kept is not None:
             if rewind and kept < len(values):
-                torch._foreach_copy_([p.detach() for p in params], ring[(kept - 1) % plan.window])
+                torch._foreach_copy_(detached, ring[(kept - 1) % plan.window])
             bar.update(plan.iterations - len(values))
             return kept
     return plan.iterations
