@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from typing import Callable, NoReturn
 
-from sdtoolkit.core.checks import check_fractions
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import EXPECTED, UsageError, one_line
 from sdtoolkit.core.settings import Schedule
@@ -38,64 +36,6 @@ def str2bool(text: str) -> bool:
     if key in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True/False, 1/0, yes/no or '' (false)")
-
-
-def _literal(text: str, what: str):
-    try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError) as exc:
-        raise UsageError(f"{what} {text!r} is not a Python literal list such as {example(what)}") from exc
-
-
-def example(what: str) -> str:
-    return {
-        "--blend_word": "\"[('dog',), ('tiger',)]\"",
-        "--eq_params": "\"[('tiger',), (2,)]\"",
-    }.get(what, "[.6,] or 0.6 or 0.2,0.6")
-
-
-def fraction_list(text: str | float | list, what: str = "tau") -> list[float]:
-    """Parse ``[.6,]``, ``0.6``, ``0.2,0.6`` or ``[0.2, 0.6]`` into fractions in [0, 1]."""
-    value = text if not isinstance(text, str) else _literal(text if text.strip() else "x", what)
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    return check_fractions(items, what, text)
-
-
-def _word_group(value, what: str, text: str) -> tuple[str, ...]:
-    group = (value,) if isinstance(value, str) else value
-    if not isinstance(group, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in group):
-        raise UsageError(f"{what} {text!r}: {value!r} is not a tuple of words; expected {example(what)}")
-    return tuple(group)
-
-
-def blend_words(text: str | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """``"[('dog',), ('tiger',)]"`` → (('dog',), ('tiger',)); empty/None → None."""
-    if text is None or (isinstance(text, str) and text.strip() in ("", "None")):
-        return None
-    value = _literal(text, "--blend_word") if isinstance(text, str) else text
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise UsageError(f"--blend_word {text!r} must be two word groups (source, target), e.g. {example('--blend_word')}")
-    return _word_group(value[0], "--blend_word", str(text)), _word_group(value[1], "--blend_word", str(text))
-
-
-def eq_params(text: str | None) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
-    """``"[('tiger',), (2,)]"`` → (('tiger',), (2.0,)); words and values must pair up."""
-    if text is None or (isinstance(text, str) and text.strip() in ("", "None")):
-        return None
-    value = _literal(text, "--eq_params") if isinstance(text, str) else text
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise UsageError(f"--eq_params {text!r} must be [(words…), (values…)], e.g. {example('--eq_params')}")
-    words = _word_group(value[0], "--eq_params", str(text))
-    values = (value[1],) if isinstance(value[1], (int, float)) else value[1]
-    if not isinstance(values, (list, tuple)) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-    ):
-        raise UsageError(f"--eq_params {text!r}: {value[1]!r} is not a tuple of numbers")
-    if len(words) != len(values):
-        raise UsageError(
-            f"--eq_params {text!r} has {len(words)} word(s) {list(words)} but {len(values)} value(s) {list(values)}"
-        )
-    return words, tuple(float(v) for v in values)
 
 
 def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True,

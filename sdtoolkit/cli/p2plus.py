@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sdtoolkit.cli import flags as cli
-from sdtoolkit.core import checks
+from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_name, check_writable_dir
 from sdtoolkit.core.settings import EditConfig, EditType, Taus
@@ -69,36 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_dir(args.outdir, "--outdir")
 
     edit = EditConfig(
-        target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=cli.fraction_list(args.tau_c, "--tau_c"),
-        tau_s=cli.fraction_list(args.tau_s, "--tau_s"), tau_u=cli.fraction_list(args.tau_u, "--tau_u"),
-        blend_word=cli.blend_words(args.blend_word), eq_params=cli.eq_params(args.eq_params), outdir=args.outdir,
+        target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=values.fraction_list(args.tau_c, "--tau_c"),
+        tau_s=values.fraction_list(args.tau_s, "--tau_s"), tau_u=values.fraction_list(args.tau_u, "--tau_u"),
+        blend_word=values.blend_words(args.blend_word), eq_params=values.eq_params(args.eq_params), outdir=args.outdir,
     )
-    import torch
     from tqdm.auto import tqdm
 
-    from sdtoolkit.core.images import fit_size, image_grid, tensor_to_pil
+    from sdtoolkit.core.images import image_grid
     from sdtoolkit.core.io import save_image, write_json
     from sdtoolkit.core.models import load_models
-    from sdtoolkit.jobs.edit import edit_latents
     from sdtoolkit.jobs.invert import versions
-    from sdtoolkit.methods.inversions import DDIMInversion
+    from sdtoolkit.jobs.p2plus import Generator
 
     models = load_models(model, args.device, args.dtype, **cli.load_kwargs(args))
     checks.validate_edit(args.prompt, edit, models.tokenizer)
-    null = models.encode_null()
-    texts = torch.cat([models.encode_text([args.prompt]), models.encode_text([args.target])]).float()
-    pooled = models.encode_pooled([args.prompt, args.target])
-    side = fit_size(1, 1, args.resolution or models.image_size, False, models.family.size_multiple)[0]
-    latent = side // models.vae_scale_factor
-    shape = (1, models.unet.config.in_channels, latent, latent)
+    generator = Generator(models, args.prompt, edit, args.num_ddim_steps, args.guidance_scale, args.resolution)
     jobs = list(itertools.product(seed_list, edit.tau_c, edit.tau_s, edit.tau_u))
     for seed, c, s, u in tqdm(jobs, desc="seed × tau combinations"):
-        z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(models.device)
         taus = Taus(0.0, c, s, u)
-        z = edit_latents(models, DDIMInversion(z_T, null), args.prompt, edit, taus, texts,
-                         args.num_ddim_steps, args.guidance_scale, pooled=pooled)
-        images = models.decode_latent(z)
-        source, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
+        source, edited = generator.edit_seed(seed, taus)
         folder = Path(args.outdir) / folder_name(seed, args.target)
         stem = taus.stem().split("-", 1)[1]  # without tau_v: generated images have no inversion
         save_image(folder / f"edited_img-{stem}.png", edited)

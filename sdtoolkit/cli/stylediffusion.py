@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from sdtoolkit.cli import flags as cli
-from sdtoolkit.core import checks
+from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.settings import AttnPairing, EditConfig, EditType, InversionMethod, InvertConfig
 
@@ -85,10 +85,10 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         keep_aspect=args.keep_aspect, schedule=args.schedule,
     )
     edit = EditConfig(
-        target=args.target, edit_type=edit_type, tau_v=cli.fraction_list(args.tau_v, "--tau_v"),
-        tau_c=cli.fraction_list(args.tau_c, "--tau_c"), tau_s=cli.fraction_list(args.tau_s, "--tau_s"),
-        tau_u=cli.fraction_list(args.tau_u, "--tau_u"), blend_word=cli.blend_words(args.blend_word),
-        eq_params=cli.eq_params(args.eq_params), outdir=args.outdir, blend_mask=args.blend_mask,
+        target=args.target, edit_type=edit_type, tau_v=values.fraction_list(args.tau_v, "--tau_v"),
+        tau_c=values.fraction_list(args.tau_c, "--tau_c"), tau_s=values.fraction_list(args.tau_s, "--tau_s"),
+        tau_u=values.fraction_list(args.tau_u, "--tau_u"), blend_word=values.blend_words(args.blend_word),
+        eq_params=values.eq_params(args.eq_params), outdir=args.outdir, blend_mask=args.blend_mask,
         baselines=args.baselines,
     )
     if args.blend_mask is not None:

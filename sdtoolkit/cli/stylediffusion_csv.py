@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sdtoolkit.cli import flags as cli
-from sdtoolkit.core import checks
+from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename
 from sdtoolkit.core.paths import check_name, check_writable_dir
@@ -71,9 +71,9 @@ def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool, templa
             if editing:
                 edit = EditConfig(
                     target=r["target"], edit_type=r["edit_type"].strip() or EditType.REPLACEMENT,
-                    tau_v=cli.fraction_list(r["tau_v"], "tau_v"), tau_c=cli.fraction_list(r["tau_c"], "tau_c"),
-                    tau_s=cli.fraction_list(r["tau_s"], "tau_s"), tau_u=cli.fraction_list(r["tau_u"], "tau_u"),
-                    blend_word=cli.blend_words(r["blend_word"]), eq_params=cli.eq_params(r["eq_params"]),
+                    tau_v=values.fraction_list(r["tau_v"], "tau_v"), tau_c=values.fraction_list(r["tau_c"], "tau_c"),
+                    tau_s=values.fraction_list(r["tau_s"], "tau_s"), tau_u=values.fraction_list(r["tau_u"], "tau_u"),
+                    blend_word=values.blend_words(r["blend_word"]), eq_params=values.eq_params(r["eq_params"]),
                     outdir=str(Path(args.save_path) / Path(args.prompts_path).stem),
                 )
                 check_name(case_filename(case, r["prompt"]), "case_number and prompt (the input copy's name)")

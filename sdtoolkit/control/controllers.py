@@ -25,6 +25,7 @@ __all__ = [
     "LocalBlend",
     "MaskBlend",
     "P2PController",
+    "Recording",
     "get_equalizer",
     "get_time_words_attention_alpha",
     "get_word_inds",
@@ -259,6 +260,27 @@ class P2PController:
         if self.local_blend is None:
             return z
         return self.local_blend(z, step, self.store)
+
+
+class Recording:
+    """A controller that also stores the conditional branch's cross-attention maps as they leave ``inner`` (the
+    edited maps, as LocalBlend reads them), for :func:`show_cross_attention` of every prompt of the batch."""
+
+    def __init__(self, inner: P2PController, layers: Sequence[LayerInfo]) -> None:
+        self.inner = inner
+        self.store = AttentionStore(layers)
+
+    def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
+        return self.inner.wants_probs(layer, call) or self.store.wants_probs(layer, call)
+
+    def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        out = self.inner.on_probs(probs, layer, call) if self.inner.wants_probs(layer, call) else probs
+        if self.store.wants_probs(layer, call):
+            self.store.store(out, layer, call)
+        return out
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        return self.inner.step_callback(z, step)
 
 
 def blend_word_alphas(prompts: Sequence[str], words: Sequence[Sequence[str]], tokenizer) -> torch.Tensor:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from sdtoolkit.core.constants import MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
+from sdtoolkit.core.constants import DEFAULT_KEY, MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_name, check_writable_dir
-from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
+from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, to_enum
 
 
 def check_image(image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
@@ -51,6 +52,26 @@ def check_fractions(values: list[float], what: str, text: object = None) -> list
     return out
 
 
+def check_per_word(value: Mapping, what: str = "tau_c") -> dict:
+    """A per-word tau dict checked: string keys, each value a fraction or a (start, end) pair with start <= end."""
+    if not value:
+        raise UsageError(f"{what} {dict(value)!r} is an empty dict; give word: fraction pairs, e.g. "
+                         f"{{'tiger': 0.3, '{DEFAULT_KEY}': 0.6}}")
+    out = {}
+    for word, frac in value.items():
+        if not isinstance(word, str) or not word.strip():
+            raise UsageError(f"{what} {dict(value)!r}: key {word!r} is not a word")
+        pair = list(frac) if isinstance(frac, (list, tuple)) else None
+        if pair is not None and len(pair) == 2:
+            start, end = check_fractions(pair, f"{what}[{word!r}]", frac)
+            if start > end:
+                raise UsageError(f"{what}[{word!r}] = {frac!r}: start {start} is after end {end}")
+            out[word] = (start, end)
+        else:
+            out[word] = check_fractions([frac], f"{what}[{word!r}]", frac)[0]
+    return out
+
+
 def check_counts(num_inner_steps: int, num_epoch: int, num_ddim_steps: int) -> None:
     """Step counts must be at least 1 (0 is refused, never replaced by a default); T at most the schedule's
     1000 training timesteps (DDIM subsamples them)."""
@@ -80,6 +101,24 @@ def check_seed(seed: int, flag: str = "--seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
         raise UsageError(f"{flag} {seed!r} is not an integer in [{low}, 2**64 - 1] (what torch's generators accept)")
     return seed
+
+
+def invert_config(*, prompt: str, image_path: str, model: str, inversion: InversionMethod | str = "stylediffusion",
+                  num_ddim_steps: int | None = None, guidance_scale: float | None = None,
+                  num_inner_steps: int | None = None, num_epoch: int = 1, seed: int = 0, method_flag: str = "--inversion",
+                  **settings) -> InvertConfig:
+    """The inversion settings, built in one place for every CLI and the API: T, guidance and inner steps default to
+    the method's (:class:`InversionMethod`); the counts, guidance and seed checked. ``settings``: the other fields of
+    :class:`InvertConfig` (index, crop, model_dir, schedule, ...)."""
+    method = to_enum(InversionMethod, inversion, method_flag)
+    inner = method.default_inner_steps if num_inner_steps is None else num_inner_steps
+    steps = method.default_ddim_steps if num_ddim_steps is None else num_ddim_steps
+    guidance = method.default_guidance_scale if guidance_scale is None else guidance_scale
+    check_counts(inner, num_epoch, steps)
+    check_finite(guidance, "--guidance_scale")
+    check_seed(seed)
+    return InvertConfig(prompt=prompt, image_path=image_path, model=model, inversion=method, num_ddim_steps=steps,
+                        guidance_scale=guidance, num_inner_steps=inner, num_epoch=num_epoch, seed=seed, **settings)
 
 
 def check_size(resolution: int | None, keep_aspect: bool, image_path: str | None = None,
@@ -146,8 +185,14 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
     from sdtoolkit.core.words import find_word_tokens, prompt_tokens, word_spans  # torch: not at CLI start-up
 
     check_prompt(prompt, tokenizer, is_1word)
-    for name in ("tau_v", "tau_c", "tau_s", "tau_u"):
+    for name in ("tau_v", "tau_s", "tau_u"):
         check_fractions(getattr(edit, name), f"--{name}")
+    per_word = [v for v in edit.tau_c if isinstance(v, Mapping)]
+    numbers = [v for v in edit.tau_c if not isinstance(v, Mapping)]
+    if numbers or not per_word:
+        check_fractions(numbers, "--tau_c")
+    for value in per_word:
+        check_per_word(value, "--tau_c")
     if edit.edit_type is EditType.STORE_ATTN:
         return
     check_target_given(edit.target, edit.edit_type)
@@ -165,6 +210,7 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
         groups += [(edit.target, w, "--blend_word target") for w in edit.blend_word[1]]
     if edit.eq_params:
         groups += [(edit.target, w, "--eq_params") for w in edit.eq_params[0]]
+    groups += [(edit.target, w, "--tau_c") for value in per_word for w in value if w != DEFAULT_KEY]
     for text, word, what in groups:
         try:
             find_word_tokens(text, word, tokenizer)

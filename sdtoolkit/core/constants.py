@@ -15,4 +15,5 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 MAX_DDIM_STEPS = 1000
 MAX_SIDE = 2048
 MAX_ASPECT = 4
+DEFAULT_KEY = "default_"  # in a per-word tau_c dict: every token not named (prompt-to-prompt's key)
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed accepts without wrapping (negative seeds refused)

@@ -83,6 +83,16 @@ def load_image(
             image = to_rgb(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"{str(path)!r} is not a readable image ({exc})") from exc
+    return fit_image(image, size, left, right, top, bottom, keep_aspect, multiple)
+
+
+def fit_image(
+    image: Image.Image, size: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+    keep_aspect: bool = False, multiple: int = 1,
+) -> Image.Image:
+    """:func:`load_image` on an image already in memory (any PIL mode)."""
+    check_multiple(size, multiple)
+    image = to_rgb(image)
     w, h = image.size
     if left + right >= w or top + bottom >= h or min(left, right, top, bottom) < 0:
         raise UsageError(f"crop offsets left={left} right={right} top={top} bottom={bottom} do not fit a {w}×{h} image")
@@ -111,6 +121,28 @@ def load_mask(
     if not mask.any():
         raise UsageError(f"mask {str(path)!r} has no white pixel: nothing could be edited (white = may change)")
     return mask
+
+
+def as_pil(image) -> Image.Image:
+    """A PIL image from a PIL image or an array (H, W) / (H, W, 3|4): uint8, or floats in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return image
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+        raise UsageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), not {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise UsageError("a float image array must hold values in [0, 1] (or give uint8 values 0-255)")
+        arr = (arr * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def sha256_image(image: Image.Image) -> str:
+    """Hex SHA-256 of an in-memory image (mode, size and pixels): what identifies an image without a file."""
+    h = hashlib.sha256(f"{image.mode} {image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

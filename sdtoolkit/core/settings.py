@@ -93,13 +93,17 @@ class Taus:
     tau_c (cross-attention), tau_s (conditional self-attention), tau_u (unconditional self-attention, P2Plus)."""
 
     v: float
-    c: float
+    c: float | Mapping[str, float | tuple[float, float]]  # or per word, prompt-to-prompt's dict ("default_": the rest)
     s: float
     u: float
 
     def stem(self) -> str:
-        """The reference's file stem, e.g. ``tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5``."""
-        return f"tau_v{float(self.v)}-tau_c{float(self.c)}-tau_s{float(self.s)}-tau_u{float(self.u)}"
+        """The reference's file stem, e.g. ``tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5`` (a per-word tau_c as
+        ``tau_cdefault_0.6_tiger0.3``)."""
+        c = float(self.c) if not isinstance(self.c, Mapping) else "_".join(
+            f"{word}{':'.join(str(float(x)) for x in v) if isinstance(v, tuple) else float(v)}"
+            for word, v in self.c.items())
+        return f"tau_v{float(self.v)}-tau_c{c}-tau_s{float(self.s)}-tau_u{float(self.u)}"
 
     def as_dict(self) -> dict[str, float]:
         return {"tau_v": self.v, "tau_c": self.c, "tau_s": self.s, "tau_u": self.u}
@@ -223,7 +227,7 @@ class EditConfig:
     target: str | None
     edit_type: EditType = EditType.REPLACEMENT
     tau_v: list[float] = field(default_factory=lambda: [0.5])
-    tau_c: list[float] = field(default_factory=lambda: [0.6])
+    tau_c: list[float | dict] = field(default_factory=lambda: [0.6])  # a dict: per-word fractions (Taus.c)
     tau_s: list[float] = field(default_factory=lambda: [0.6])
     tau_u: list[float] = field(default_factory=lambda: [0.0])
     blend_word: tuple[tuple[str, ...], tuple[str, ...]] | None = None

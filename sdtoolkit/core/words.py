@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from sdtoolkit.core.constants import DEFAULT_KEY
+
 Bounds = float | tuple[float, float]
 CrossReplaceSteps = Bounds | Mapping[str, Bounds]
-DEFAULT_KEY = "default_"
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,11 @@ def case_files(case: Case, input_dir: Path, edited_dir: Path, mask_dir: Path, mo
     )
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    """Open an image of any mode as 8-bit RGB (sdtoolkit.images.to_rgb); UsageError if unreadable."""
+def _open_rgb(path: Path | Image.Image) -> Image.Image:
+    """Open an image of any mode (a file, or a PIL image in memory) as 8-bit RGB (sdtoolkit.images.to_rgb);
+    UsageError if unreadable."""
+    if isinstance(path, Image.Image):
+        return to_rgb(path)
     try:
         with Image.open(path) as image:
             image.load()
@@ -141,9 +144,11 @@ def load_mask_reference(path: Path) -> torch.Tensor:
 
 
 def load_case_images(
-    input_file: Path, edited_file: Path, mask_file: Path, mode: str = "corrected"
+    input_file: Path | Image.Image, edited_file: Path | Image.Image, mask_file: Path | Image.Image,
+    mode: str = "corrected",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input (3, 256, 256), edited (3, 256, 256) and background mask (1, 256, 256), all in [0, 1]."""
+    """Input (3, 256, 256), edited (3, 256, 256) and background mask (1, 256, 256), all in [0, 1] (files or PIL
+    images)."""
     if mode == "reference":
         return load_rgb_reference(input_file), load_rgb_reference(edited_file), load_mask_reference(mask_file)
     return load_rgb(input_file), load_rgb(edited_file), load_mask(mask_file)

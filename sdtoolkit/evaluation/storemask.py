@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdtoolkit.cli import flags as cli
-from sdtoolkit.core import checks
+from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename, save_image
 from sdtoolkit.core.paths import check_name, check_writable_dir
@@ -47,23 +47,26 @@ def mask_size(map_hw: tuple[int, int]) -> tuple[int, int]:
     return (MASK_SIZE, round(MASK_SIZE * w / h)) if h <= w else (round(MASK_SIZE * h / w), MASK_SIZE)
 
 
-def inversion_maps(models, image_path: Path, prompt: str, num_steps: int, upper_heads: bool,
+def inversion_maps(models, image_path: Path | Image.Image, prompt: str, num_steps: int, upper_heads: bool,
                    resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
     """Per-token cross-attention (mh, mw, K) of the conditional branch during DDIM inversion of the image,
-    averaged over the map layers, heads (or heads h//2 … h−1 with ``upper_heads``) and steps."""
+    averaged over the map layers, heads (or heads h//2 … h−1 with ``upper_heads``) and steps. ``image_path``: a
+    file, or a PIL image in memory."""
     from sdtoolkit.control.controllers import AttentionStore
-    from sdtoolkit.core.images import load_image, pil_to_tensor
+    from sdtoolkit.core.images import fit_image, load_image, pil_to_tensor
     from sdtoolkit.methods.inversions import ddim_inversion
 
-    x = pil_to_tensor(load_image(image_path, resolution or models.image_size, keep_aspect=keep_aspect,
-                                 multiple=models.family.size_multiple))
+    size, multiple = resolution or models.image_size, models.family.size_multiple
+    pil = fit_image(image_path, size, keep_aspect=keep_aspect, multiple=multiple) if isinstance(image_path, Image.Image) \
+        else load_image(image_path, size, keep_aspect=keep_aspect, multiple=multiple)
+    x = pil_to_tensor(pil)
     store = AttentionStore(models.layers(), upper_heads=upper_heads)
     ddim_inversion(models, models.encode_latent(x), models.encode_text([prompt]), models.schedule(num_steps),
                    controller=store, pooled=models.encode_pooled([prompt]))
     return store.average()[0]
 
 
-def attention_mask(models, image_path: Path, prompt: str, words: tuple[str, ...], num_steps: int = 50,
+def attention_mask(models, image_path: Path | Image.Image, prompt: str, words: tuple[str, ...], num_steps: int = 50,
                    resolution: int | None = None, keep_aspect: bool = False) -> torch.Tensor:
     """Corrected mode: soft foreground mask (h, w) in [0, 1] of ``words`` in ``prompt`` (:func:`mask_size`)."""
     from sdtoolkit.core.words import find_word_tokens
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for _, row in df.iterrows():
         try:
-            blend = cli.blend_words(row["blend_word"])
+            blend = values.blend_words(row["blend_word"])
         except UsageError as exc:
             raise UsageError(f"{args.prompts_path}, case {row['case_number']}: {exc}") from None
         if blend is None:

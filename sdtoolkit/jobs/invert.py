@@ -1,6 +1,7 @@
 """Invert/train one image and keep the result on disk (safetensors + JSON sidecar); load it back for editing."""
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from PIL import Image
 
 from sdtoolkit.core.checks import check_image, check_prompt
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.images import load_image, pil_to_tensor, sha256_file
+from sdtoolkit.core.images import fit_image, load_image, pil_to_tensor, sha256_file, sha256_image
 from sdtoolkit.core.io import result_lock
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, read_sidecar, save_learned, sidecar_path
 from sdtoolkit.core.models import SDModels, model_fingerprint
@@ -67,21 +68,32 @@ def existing_result(cfg: InvertConfig, image_sha256: str, overwrite: bool, run: 
 class SourceImage:
     """One input image, loaded and encoded once."""
 
-    path: str
-    sha256: str
+    path: str  # the file, or a label for an image given in memory
+    sha256: str  # of the file's bytes, or of the in-memory image (:func:`sha256_image`)
     pil: Image.Image
     x: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     z0: torch.Tensor  # (1, 4, H/f, W/f) fp32
 
 
-def load_source(models: SDModels, image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0),
-                resolution: int | None = None, keep_aspect: bool = False) -> SourceImage:
-    """Load, crop, size (``resolution``², default the model's, or short side ``resolution`` with ``keep_aspect``,
-    long side rounded to the model's size multiple) and encode the input image once."""
-    pil = load_image(image_path, resolution or models.image_size, *crop, keep_aspect=keep_aspect,
-                     multiple=models.family.size_multiple)
+IN_MEMORY = "<in-memory image>"
+"""The ``image_path`` recorded for an image given as a PIL image or an array."""
+
+
+def load_source(models: SDModels, image: str | os.PathLike | Image.Image,
+                crop: tuple[int, int, int, int] = (0, 0, 0, 0), resolution: int | None = None,
+                keep_aspect: bool = False) -> SourceImage:
+    """Load (a path, or a PIL image in memory), crop, size (``resolution``², default the model's, or short side
+    ``resolution`` with ``keep_aspect``, long side rounded to the model's size multiple) and encode the input
+    image once."""
+    size, multiple = resolution or models.image_size, models.family.size_multiple
+    if isinstance(image, Image.Image):
+        pil = fit_image(image, size, *crop, keep_aspect=keep_aspect, multiple=multiple)
+        path, digest = IN_MEMORY, sha256_image(image)
+    else:
+        pil = load_image(image, size, *crop, keep_aspect=keep_aspect, multiple=multiple)
+        path, digest = str(image), sha256_file(image)
     x = pil_to_tensor(pil)
-    return SourceImage(str(image_path), sha256_file(image_path), pil, x, models.encode_latent(x))
+    return SourceImage(path, digest, pil, x, models.encode_latent(x))
 
 
 def versions() -> dict:
@@ -112,9 +124,25 @@ def _invert(models: SDModels, cfg: InvertConfig, overwrite: bool, progress: bool
     run = models.run_identity(cfg.num_ddim_steps)
     if existing_result(cfg, sha256_file(cfg.image_path), overwrite, run):
         return InvertResult(cfg.path(), trained=False)
+    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
+    fitted = fit(models, cfg, source, progress)
+    return save_inversion(models, cfg, source, fitted.inversion, fitted.log, fitted.seconds, text=fitted.text)
+
+
+@dataclass
+class Fitted:
+    """What an inversion learned, in memory."""
+
+    inversion: Inversion
+    log: TrainLog | None
+    seconds: float
+    text: torch.Tensor  # the source prompt's embedding (1, L, D), encoded once
+
+
+def fit(models: SDModels, cfg: InvertConfig, source: SourceImage, progress: bool = True) -> Fitted:
+    """Invert ``source`` with ``cfg.inversion`` (seeded with ``cfg.seed``): DDIM inversion, then the method's fit."""
     method = method_class(cfg.inversion)
     settings = cfg.train_settings()
-    source = load_source(models, cfg.image_path, cfg.crop, cfg.resolution, cfg.keep_aspect)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     schedule = models.schedule(cfg.num_ddim_steps)
@@ -124,14 +152,22 @@ def _invert(models: SDModels, cfg: InvertConfig, overwrite: bool, progress: bool
     trace = ddim_inversion(models, source.z0, text, schedule, method.recorded_maps(models, settings), progress=progress,
                            pooled=pooled)
     inv, log = method.fit(models, trace, text, null, source.x, schedule, settings, progress)
-    return save_inversion(models, cfg, source, inv, log, time.perf_counter() - start, text=text)
+    return Fitted(inv, log, time.perf_counter() - start, text)
 
 
 def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
                    elapsed: float, extra: dict | None = None, text: torch.Tensor | None = None) -> InvertResult:
-    """Measure the reconstruction of ``inv`` beside plain DDIM (guidance ``cfg.guidance_scale``) and save it at
-    ``cfg.path()``: safetensors + a sidecar with its identity, backbone, versions, timing and ``extra``.
-    ``text``: the prompt's embedding when the caller has it (encoded once)."""
+    """Measure the reconstruction of ``inv`` (:func:`measure`) and save it at ``cfg.path()``: safetensors + its
+    sidecar. ``text``: the prompt's embedding when the caller has it (encoded once)."""
+    sidecar, _ = measure(models, cfg, source, inv, log, elapsed, extra, text)
+    path = save_learned(cfg.path(), inv.tensors(), sidecar)
+    return InvertResult(path, True, sidecar)
+
+
+def measure(models: SDModels, cfg: InvertConfig, source: SourceImage, inv: Inversion, log: TrainLog | None,
+            elapsed: float, extra: dict | None = None, text: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """The sidecar of ``inv`` (its identity, backbone, versions, timing, ``extra`` and the reconstruction beside
+    plain DDIM at guidance ``cfg.guidance_scale``) and its reconstruction latent (1, 4, h, w)."""
     schedule = models.schedule(cfg.num_ddim_steps)
     text = models.encode_text([cfg.prompt]).float() if text is None else text
     pooled = models.encode_pooled([cfg.prompt])
@@ -157,8 +193,7 @@ def save_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, inv
         "method_settings": inv.method_settings(),
         **(extra or {}),
     }
-    path = save_learned(cfg.path(), inv.tensors(), sidecar)
-    return InvertResult(path, True, sidecar)
+    return sidecar, learned
 
 
 def worse_than_ddim(reconstruction: dict) -> bool:
@@ -168,9 +203,10 @@ def worse_than_ddim(reconstruction: dict) -> bool:
 
 
 def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, text: torch.Tensor,
-                   null: torch.Tensor) -> tuple[Inversion, dict]:
-    """Load a saved inversion and check it was made for this prompt, image, model, schedule and step count."""
-    path = cfg.path()
+                   null: torch.Tensor, path: Path | None = None) -> tuple[Inversion, dict]:
+    """Load a saved inversion (at ``path``, default ``cfg.path()``) and check it was made for this prompt, image,
+    model, schedule and step count."""
+    path = cfg.path() if path is None else path
     try:
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
