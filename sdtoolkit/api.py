@@ -37,7 +37,7 @@ from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, l
 from sdtoolkit.jobs.p2plus import Generator
 from sdtoolkit.methods.inversions import Inversion
 
-__all__ = ["Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "UsageError"]
+__all__ = ["Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "UsageError", "image_grid"]
 
 METHODS = tuple(m.value for m in InversionMethod)
 """The registered inversion methods (``method=`` of :meth:`Model.invert`)."""
