@@ -1,8 +1,7 @@
 """Entry point with the reference's script name; the CLI lives in :mod:`sdtoolkit.cli.p2plus`."""
 import sys
 
-from sdtoolkit.cli.flags import run_main
-from sdtoolkit.cli.p2plus import main
+from sdtoolkit.cli.p2plus import console
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(console())

@@ -1,8 +1,7 @@
 """Entry point with the reference's script name; the CLI lives in :mod:`sdtoolkit.cli.stylediffusion`."""
 import sys
 
-from sdtoolkit.cli.flags import run_main
-from sdtoolkit.cli.stylediffusion import main
+from sdtoolkit.cli.stylediffusion import console
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(console())

@@ -1,7 +1,7 @@
-"""Entry point with the reference's script name; the logic lives in :mod:`sdtoolkit.evaluation.ns_lpips`."""
+"""Entry point with the reference's script name; the CLI lives in :mod:`sdtoolkit.cli.ns_lpips`."""
 import sys
 
-from sdtoolkit.evaluation.ns_lpips import main
+from sdtoolkit.cli.ns_lpips import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -1,8 +1,7 @@
-"""Entry point with the reference's script name; the logic lives in :mod:`sdtoolkit.evaluation.storemask`."""
+"""Entry point with the reference's script name; the CLI lives in :mod:`sdtoolkit.cli.storemask`."""
 import sys
 
-from sdtoolkit.cli.flags import run_main
-from sdtoolkit.evaluation.storemask import main
+from sdtoolkit.cli.storemask import console
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(console())

@@ -1,8 +1,7 @@
 """Entry point: convert a reference-trained .pth; the CLI lives in :mod:`sdtoolkit.cli.convert_reference`."""
 import sys
 
-from sdtoolkit.cli.convert_reference import main
-from sdtoolkit.cli.flags import run_main
+from sdtoolkit.cli.convert_reference import console
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(console())

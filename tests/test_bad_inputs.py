@@ -21,7 +21,7 @@ from torch import nn
 from sdtoolkit.cli import convert_reference, p2plus, pie_bench, stylediffusion, stylediffusion_csv
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core.io import lock_path
-from sdtoolkit.evaluation import ns_lpips, pie_metrics, storemask
+from sdtoolkit.cli import ns_lpips, pie_metrics, storemask
 from sdtoolkit.jobs.pie_data import check_mask_pairs, decode_mask, encode_mask
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ BIG = str(10**23)
 LONG = " ".join(["tiger"] * 50)  # 299 bytes: a folder name over the 255-byte limit, 52 CLIP tokens
 IN_PROCESS = {"stylediffusion": stylediffusion.main, "csv": stylediffusion_csv.main, "p2plus": p2plus.main,
               "pie_bench": pie_bench.main, "storemask": storemask.main, "convert": convert_reference.main}
-SELF_MAPPED = {"ns_lpips": ns_lpips.main, "pie_metrics": pie_metrics.main}  # their main() maps errors itself
+SELF_MAPPED = {"ns_lpips": ns_lpips.console, "pie_metrics": pie_metrics.console}  # their console() names the program
 EDIT_COLUMNS = ["case_number", "prompt", "image_path", "target", "blend_word", "eq_params", "tau_v", "tau_c", "tau_s",
                 "tau_u", "edit_type"]
 

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from sdtoolkit.cli import stylediffusion_csv
+from sdtoolkit.cli import storemask as storemask_cli
 from sdtoolkit.evaluation import storemask
 from sdtoolkit.jobs.cases import read_cases
 from sdtoolkit.cli import flags as cli
@@ -405,7 +406,7 @@ def test_storemask_masks_and_failing_case(tmp_path, capsys):
         with Image.open(REPO / row["image_path"]) as im:
             im.convert("RGB").resize((64, 64)).save(inputs / f"{row['case_number']} {row['prompt']}.png")
     capsys.readouterr()
-    rc = cli.run_main(storemask.main, ["--prompts_path", str(edit_csv), "--input_path", str(inputs),
+    rc = cli.run_main(storemask_cli.main, ["--prompts_path", str(edit_csv), "--input_path", str(inputs),
                                        "--bgmask_path", str(tmp_path / "bg"), "--fgmask_path", str(tmp_path / "fg"),
                                        "--model", "tiny", "--num_ddim_steps", "4", "--device", "cpu"])
     out, err = capsys.readouterr()
@@ -427,7 +428,7 @@ def test_storemask_bad_blend_word_names_the_case(tmp_path, capsys):
     rows[1]["blend_word"] = "[('coffee',), ('tea',)"  # unclosed list
     edit_csv = write_csv(tmp_path / "edit.csv", header, rows)
     capsys.readouterr()
-    rc = cli.run_main(storemask.main, ["--prompts_path", str(edit_csv), "--input_path", str(tmp_path),
+    rc = cli.run_main(storemask_cli.main, ["--prompts_path", str(edit_csv), "--input_path", str(tmp_path),
                                        "--model", "tiny", "--device", "cpu"])
     assert_usage_error(rc, *capsys.readouterr(), "case 1", "--blend_word")
 

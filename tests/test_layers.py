@@ -78,7 +78,7 @@ def imported(rel: str, text: str) -> list[tuple[int, str]]:
 
 
 def test_readme_names_the_layers_in_order():
-    assert [name for name, _ in LAYERS] == ["core", "control", "methods", "jobs", "cli", "evaluation", "api", "top"]
+    assert [name for name, _ in LAYERS] == ["core", "control", "methods", "jobs", "evaluation", "api", "cli", "top"]
 
 
 def test_every_source_file_belongs_to_a_layer():

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sdtoolkit.evaluation.ns_lpips import build_lpips, load_case_images, main, ns_lpips
+from sdtoolkit.cli.ns_lpips import console as main
+from sdtoolkit.evaluation.ns_lpips import build_lpips, load_case_images, ns_lpips
 from sdtoolkit.core.io import case_filename
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from sdtoolkit.jobs.edit import edit_latents
 from sdtoolkit.jobs.invert import invert, load_inversion, load_source
 from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
 from sdtoolkit.jobs.pie_data import encode_mask
-from sdtoolkit.evaluation.pie_metrics import main as metrics_main
+from sdtoolkit.cli.pie_metrics import console as metrics_main
 
 SIZE = 64  # the tiny model's image size
 FAST = ["--model", "tiny", "--device", "cpu", "--num_ddim_steps", "3", "--num_inner_steps", "1"]

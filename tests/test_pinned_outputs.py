@@ -22,6 +22,7 @@ from sdtoolkit.core.images import load_image, tensor_to_pil
 from sdtoolkit.core.io import case_filename
 from sdtoolkit.core.models import SDModels
 from sdtoolkit.core.settings import EditConfig, InvertConfig
+from sdtoolkit.cli import storemask as storemask_cli
 from sdtoolkit.evaluation import ns_lpips, pie_metrics, storemask
 from sdtoolkit.jobs import edit as edit_job
 from sdtoolkit.jobs import pie
@@ -165,7 +166,7 @@ def test_storemask_writes_the_attention_mask_as_foreground_and_its_complement_as
     path = tmp_path / "cases.csv"
     path.write_text(f'case_number,prompt,blend_word\n2,{SOURCE},"[(\'cat\',),(\'dog\',)]"\n')
     fg_dir, bg_dir = tmp_path / "fg", tmp_path / "bg"
-    assert storemask.main(["--prompts_path", str(path), "--input_path", str(inputs), "--fgmask_path", str(fg_dir),
+    assert storemask_cli.main(["--prompts_path", str(path), "--input_path", str(inputs), "--fgmask_path", str(fg_dir),
                            "--bgmask_path", str(bg_dir), "--model", "tiny", "--device", "cpu",
                            "--num_ddim_steps", "2"]) == 0
     m = storemask.attention_mask(tiny, inputs / case_filename(2, SOURCE), SOURCE, ("cat",), num_steps=2).numpy()

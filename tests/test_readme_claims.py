@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sdtoolkit.cli import p2plus, pie_bench, stylediffusion, stylediffusion_csv
-from sdtoolkit.evaluation import ns_lpips, pie_metrics, storemask
+from sdtoolkit.cli import ns_lpips, pie_metrics, storemask
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ import sys
 from typing import Callable, NoReturn
 
 from sdtoolkit.core.constants import SD_VERSIONS
-from sdtoolkit.core.errors import EXPECTED, UsageError, one_line
+from sdtoolkit.core.errors import EXPECTED, one_line
 from sdtoolkit.core.settings import Schedule
 
 class ArgumentParser(argparse.ArgumentParser):

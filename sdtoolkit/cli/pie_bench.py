@@ -24,8 +24,8 @@ from sdtoolkit.core import checks
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_writable_dir
 from sdtoolkit.core.settings import InversionMethod, Schedule, Taus, to_enum
-from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, method_dir, run_case
-from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, select_cases
+from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, run_case
+from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, method_dir, method_folder_name, select_cases
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.is_main_process:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
                        manifest(settings, args, len(cases), state.num_processes))
-        bar = tqdm(mine, desc=f"{tag}{settings.method}+p2p ({settings.track})", unit="case", position=state.process_index)
+        bar = tqdm(mine, desc=f"{tag}{method_folder_name(settings.method)} ({settings.track})", unit="case", position=state.process_index)
         for case in bar:
             try:
                 results.append(run_case(models, case, settings, Path(args.data_path), Path(args.output_path),

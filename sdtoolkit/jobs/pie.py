@@ -37,7 +37,7 @@ from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, Inver
 from sdtoolkit.core.words import word_spans
 from sdtoolkit.jobs.edit import edit_latents
 from sdtoolkit.jobs.invert import invert, load_inversion, load_source
-from sdtoolkit.jobs.pie_data import IMAGES_DIR, CaseError, PieCase
+from sdtoolkit.jobs.pie_data import IMAGES_DIR, CaseError, PieCase, method_dir
 
 CASES_DIR = "cases"
 MANIFEST_FILE = "manifest.json"
@@ -96,11 +96,6 @@ class PieSettings:
             model_dir=str(inversion_dir), resolution=self.resolution, keep_aspect=self.keep_aspect,
             schedule=self.schedule,
         )
-
-
-def method_dir(output_path: Path, method: str) -> Path:
-    """``{output_path}/{method}+p2p``: PnPInversion's folder of one method's outputs."""
-    return Path(output_path) / f"{method}+p2p"
 
 
 def output_file(output_path: Path, method: str, case: PieCase) -> Path:

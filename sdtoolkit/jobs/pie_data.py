@@ -39,6 +39,18 @@ from sdtoolkit.core.paths import check_name, contained
 
 MAPPING_FILE = "mapping_file.json"
 IMAGES_DIR = "annotation_images"
+OUTPUT_SUFFIX = "+p2p"  # PnPInversion's output folders: {method}+p2p (every method edits with prompt-to-prompt)
+
+
+def method_folder_name(method: str) -> str:
+    """``{method}+p2p``: the folder of one method's outputs, and its columns' prefix in the metrics' CSV."""
+    return f"{method}{OUTPUT_SUFFIX}"
+
+
+def method_dir(output_path: str | Path, method: str) -> Path:
+    """``{output_path}/{method}+p2p``: PnPInversion's folder of one method's outputs (the runner writes it, the
+    metrics read its ``annotation_images/``)."""
+    return Path(output_path) / method_folder_name(method)
 PIE_IMAGE_SIZE = 512
 EDITING_TYPES: dict[str, str] = {
     "0": "random",
