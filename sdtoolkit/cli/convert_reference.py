@@ -13,25 +13,21 @@ import sys
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks
 from sdtoolkit.core.paths import check_writable_dir
-from sdtoolkit.core.settings import InvertConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
     p.add_argument("pth", help="the reference's model-inner…-learnv-[N].pth")
-    p.add_argument("--prompt", required=True, help="the source prompt the networks were trained for")
-    p.add_argument("--image_path", required=True, help="the image they were trained on")
-    p.add_argument("--index", default="0", help="case index used in file names")
-    p.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word mode (writes model_learnv_1word/)")
-    p.add_argument("--crop", type=int, nargs=4, default=(0, 0, 0, 0), metavar=("LEFT", "RIGHT", "TOP", "BOTTOM"),
-                   help="the crop offsets used in training")
-    p.add_argument("--num_ddim_steps", type=int, default=30, help="sampling steps (= networks in the file)")
-    p.add_argument("--num_inner_steps", type=int, default=100, help="as trained (part of the file name)")
-    p.add_argument("--num_epoch", type=int, default=1, help="as trained (part of the file name)")
-    p.add_argument("--w_attnloss", type=cli.str2bool, default=True, help="False: trained without the attention loss")
-    p.add_argument("--guidance_scale", type=float, default=7.5)
-    p.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
-    p.add_argument("--overwrite", action="store_true", help="replace a result made for other settings")
+    cli.add_flags(p, "--prompt", "--image_path", "--index", "--is_1word", "--crop", "--num_ddim_steps",
+                  "--num_inner_steps", "--num_epoch", "--w_attnloss", "--guidance_scale", "--model_dir", "--overwrite",
+                  defaults={"num_ddim_steps": 30, "num_inner_steps": 100, "guidance_scale": 7.5},
+                  helps={"prompt": "the source prompt the networks were trained for",
+                         "image_path": "the image they were trained on",
+                         "crop": "the crop offsets used in training",
+                         "num_ddim_steps": "sampling steps (= networks in the file)",
+                         "num_inner_steps": "as trained (part of the file name)",
+                         "num_epoch": "as trained (part of the file name)",
+                         "w_attnloss": "False: trained without the attention loss"})
     # the reference trained at 512², square: no size flags; nothing is trained here: no --gradient_checkpointing
     cli.add_model_flags(p, compile_flag=False, size=False, training=False)
     return p
@@ -39,15 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    checks.check_counts(args.num_inner_steps, args.num_epoch, args.num_ddim_steps)
-    cfg = InvertConfig(
-        prompt=args.prompt, image_path=args.image_path, index=args.index, model=checks.model_id(args.model, args.sd_version),
-        num_ddim_steps=args.num_ddim_steps, guidance_scale=args.guidance_scale, num_inner_steps=args.num_inner_steps,
-        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
-        model_dir=args.model_dir,
-    )
+    cfg = cli.invert_config(args, checks.model_id(args.model, args.sd_version))
     checks.check_image(cfg.image_path)
-    checks.check_finite(cfg.guidance_scale, "--guidance_scale")
     checks.check_output_names(cfg)
     check_writable_dir(cfg.folder(), "--model_dir")
     from sdtoolkit.core.models import load_models

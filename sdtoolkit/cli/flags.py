@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Callable, NoReturn
 
+from sdtoolkit.core import checks
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import EXPECTED, one_line
-from sdtoolkit.core.settings import Schedule
+from sdtoolkit.core.settings import AttnPairing, EditType, InversionMethod, InvertConfig, Schedule
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the toolkit's error convention: a bad flag prints ONE line, ``prog: error: …``, and exits 2
@@ -36,6 +38,63 @@ def str2bool(text: str) -> bool:
     if key in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True/False, 1/0, yes/no or '' (false)")
+
+
+FLAGS: dict[str, dict] = {
+    "--is_train": dict(type=str2bool, default=True, help="True: invert/train; '' or False: edit"),
+    "--inversion": dict(choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value,
+                        help="inversion method"),
+    "--index": dict(default="0", help="case index used in file names"),
+    "--prompt": dict(required=True, help="source prompt describing the image"),
+    "--image_path": dict(required=True, help="input image (any size, mode or bit depth)"),
+    "--crop": dict(type=int, nargs=4, default=(0, 0, 0, 0), metavar=("LEFT", "RIGHT", "TOP", "BOTTOM"),
+                   help="pixels cut from each side before the centred square crop"),
+    "--is_1word": dict(type=str2bool, default=False, help="1-word mode (prompt 'dog', target 'tiger')"),
+    "--num_ddim_steps": dict(type=int, default=None,
+                             help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts, "
+                                  "and for directinversion, editfriendly, edict, proxnpi, as their published runners)"),
+    "--guidance_scale": dict(type=float, default=None,
+                             help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)"),
+    "--num_inner_steps": dict(type=int, default=None,
+                              help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and "
+                                   "textinv)"),
+    "--num_epoch": dict(type=int, default=1, help="epochs of the per-step optimisation"),
+    "--schedule": dict(choices=[s.value for s in Schedule], default=Schedule.REFERENCE.value,
+                       help="'reference': the published inner-iteration schedule; 'fast': learning-rate warm-up and a "
+                       "stop on the loss's plateau (2.8x fewer UNet passes on the toy model, README 'Speed: schedules')"),
+    "--w_attnloss": dict(type=str2bool, default=True, help="add the cross-attention loss"),
+    "--attn_pairing": dict(choices=[m.value for m in AttnPairing], default=AttnPairing.SAME.value,
+                           help="'reference' pairs step i with the maps one step noisier (the reference's shift)"),
+    "--seed": dict(type=int, default=0, help="seed of the inversion (and of the edit's sampling)"),
+    "--model_dir": dict(default=".", help="folder that holds model_learnv/ etc."),
+    "--overwrite": dict(action="store_true", help="replace a result made with other settings"),
+    "--from_case": dict(type=int, default=None, help="first case_number (inclusive)"),
+    "--end_case": dict(type=int, default=None, help="stop before this case_number (exclusive, as the reference)"),
+    "--target": dict(default=None, help="target prompt"),
+    "--tau_v": dict(default="[.6,]", help="fractions of steps with M_t on the target's value path"),
+    "--tau_c": dict(default="[.6,]", help="cross-attention replacement fractions"),
+    "--tau_s": dict(default="[.8,]", help="conditional self-attention replacement fractions"),
+    "--tau_u": dict(default="[.5,]", help="unconditional self-attention replacement fractions (P2Plus)"),
+    "--blend_word": dict(default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\""),
+    "--eq_params": dict(default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\""),
+    "--edit_type": dict(default=EditType.REPLACEMENT.value, choices=[m.value for m in EditType], help="edit kind"),
+    "--outdir": dict(default="stylediffusion-results/Others", help="edits go to {outdir}/{index} {target}/"),
+}
+"""Every flag shared by two or more CLIs, defined once (a CLI may change its default or help, e.g. the taus'
+defaults are each reference script's); each flag's name is the setting's name from flag to function."""
+
+
+def add_flags(group, *names: str, defaults: dict | None = None, helps: dict | None = None, **extra) -> None:
+    """Add the :data:`FLAGS` ``names`` to an argparse parser or group; ``defaults`` / ``helps`` keyed by the
+    setting's name (``{"num_ddim_steps": 50}``), ``extra`` keyword arguments for every flag (``required``)."""
+    for name in names:
+        kwargs = {**FLAGS[name], **extra}
+        key = name.lstrip("-")
+        if defaults and key in defaults:
+            kwargs["default"] = defaults[key]
+        if helps and key in helps:
+            kwargs["help"] = helps[key]
+        group.add_argument(name, **kwargs)
 
 
 def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True, size: bool = True,
@@ -69,13 +128,6 @@ def add_model_flags(group, compile_flag: bool = True, image_encoder: bool = True
                            help="recompute UNet activations in the training backward pass (less memory, slower)")
 
 
-def add_schedule_flag(group) -> None:
-    """``--schedule``: how the per-step optimisation spends its iterations (docs/method.md §3a)."""
-    group.add_argument("--schedule", choices=[s.value for s in Schedule], default=Schedule.REFERENCE.value,
-                       help="'reference': the published inner-iteration schedule; 'fast': learning-rate warm-up and a "
-                       "stop on the loss's plateau (2.8x fewer UNet passes on the toy model, README 'Speed: schedules')")
-
-
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -96,14 +148,15 @@ def load_kwargs(args: argparse.Namespace) -> dict:
     return out
 
 
-def add_attention_flags(group, tau_c: str, tau_s: str, tau_u: str) -> None:
-    """The prompt-to-prompt / P2Plus flags shared by the editing CLIs (argparse parser or group); the defaults
-    are each CLI's reference script's (README "Differences from the reference scripts")."""
-    group.add_argument("--tau_c", default=tau_c, help="cross-attention replacement fractions")
-    group.add_argument("--tau_s", default=tau_s, help="conditional self-attention replacement fractions")
-    group.add_argument("--tau_u", default=tau_u, help="unconditional self-attention replacement fractions (P2Plus)")
-    group.add_argument("--blend_word", default=None, help="local blend words, e.g. \"[('dog',), ('tiger',)]\"")
-    group.add_argument("--eq_params", default=None, help="reweighting, e.g. \"[('tiger',), (2,)]\"")
+def invert_config(args: argparse.Namespace, model: str, **fields) -> InvertConfig:
+    """The inversion settings from parsed flags: every flag named as the :class:`InvertConfig` field it sets is
+    passed on (a CLI without ``--crop`` keeps the default), ``fields`` override; defaults and checks are
+    :func:`sdtoolkit.core.checks.invert_config`'s (the API's too)."""
+    names = [f.name for f in dataclasses.fields(InvertConfig) if f.name != "model"]
+    given = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    if "crop" in given:
+        given["crop"] = tuple(given["crop"])
+    return checks.invert_config(model=model, **{**given, **fields})
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:

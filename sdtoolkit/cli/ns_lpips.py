@@ -45,9 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mask_path", type=Path, default=REPO_ROOT / "results" / "bgmask",
                         help="folder of background masks '{case} {prompt}.png' (8-bit grayscale, 255 = "
                              "fully non-selected background, any size; other modes such as RGB are converted to gray)")
-    parser.add_argument("--from_case", type=int, default=None, help="first case_number to score; None: from the first")
-    parser.add_argument("--end_case", type=int, default=None,
-                        help="stop before this case_number (exclusive, as the reference); None: to the last")
+    cli.add_flags(parser, "--from_case", "--end_case")
     parser.add_argument("--mode", choices=MODES, default="corrected",
                         help="'reference': published script's [0, 1] LPIPS input; 'corrected': [-1, 1] input")
     parser.add_argument("--out", type=Path, default=None,

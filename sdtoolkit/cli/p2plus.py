@@ -22,15 +22,17 @@ from sdtoolkit.core.settings import EditConfig, EditType, Taus
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
-    p.add_argument("--prompt", required=True, help="source prompt")
-    p.add_argument("--target", required=True, help="target prompt")
+    cli.add_flags(p, "--prompt", "--target", required=True)
+    # --seed here is a list (the reference p2plus.py's): one generated image per seed
     p.add_argument("--seed", default="[2720,]", help="seeds, e.g. [0,1,2] or 0,1 (default: the reference's)")
-    cli.add_attention_flags(p, tau_c="[.8,]", tau_s="[.4,]", tau_u="[.5,]")  # the reference p2plus.py's defaults
-    p.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
+    cli.add_flags(p, "--tau_c", "--tau_s", "--tau_u", "--blend_word", "--eq_params",
+                  defaults={"tau_c": "[.8,]", "tau_s": "[.4,]", "tau_u": "[.5,]"})  # the reference p2plus.py's
+    cli.add_flags(p, "--edit_type", choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
     cli.add_model_flags(p, compile_flag=False, image_encoder=False, training=False)
-    p.add_argument("--num_ddim_steps", type=int, default=50)
-    p.add_argument("--guidance_scale", type=float, default=7.5)
-    p.add_argument("--outdir", default="stylediffusion-results/p2plus")
+    cli.add_flags(p, "--num_ddim_steps", "--guidance_scale", "--outdir",
+                  defaults={"num_ddim_steps": 50, "guidance_scale": 7.5, "outdir": "stylediffusion-results/p2plus"},
+                  helps={"num_ddim_steps": "DDIM steps T", "guidance_scale": "classifier-free guidance",
+                         "outdir": "edits go to {outdir}/{seed} {target}/"})
     return p
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sdtoolkit.cli import flags as cli
-from sdtoolkit.core import checks
+from sdtoolkit.cli.runs import shard, summary, table
+from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_writable_dir
-from sdtoolkit.core.settings import InversionMethod, Schedule, Taus, to_enum
+from sdtoolkit.core.settings import InversionMethod, Taus, to_enum
 from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, run_case
 from sdtoolkit.jobs.pie_data import CaseError, check_editing_types, load_benchmark, method_dir, method_folder_name, select_cases
 
@@ -38,47 +39,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where inversions are kept and reused (default {output_path}/inversions); point a second "
                         "editing setting's run here to re-edit without re-inverting")
     p.add_argument("--edit_category_list", nargs="+", default=None, help="editing type ids 0-9 (default: all)")
-    p.add_argument("--from_case", type=int, default=0, help="first case (position in mapping_file.json, 0-based)")
-    p.add_argument("--end_case", type=int, default=None, help="stop before this position (default: the last case)")
+    cli.add_flags(p, "--from_case", "--end_case", defaults={"from_case": 0},
+                  helps={"from_case": "first case (position in mapping_file.json, 0-based)",
+                         "end_case": "stop before this position (default: the last case)"})
     cli.add_model_flags(p)
-    p.add_argument("--num_ddim_steps", type=int, default=50)
-    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext)")
-    p.add_argument("--num_epoch", type=int, default=1)
-    cli.add_schedule_flag(p)
-    p.add_argument("--guidance_scale", type=float, default=None,
-                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
-    p.add_argument("--tau_v", type=float, default=0.5)
-    p.add_argument("--tau_c", type=float, default=0.6)
-    p.add_argument("--tau_s", type=float, default=0.6)
-    p.add_argument("--tau_u", type=float, default=0.0)
+    cli.add_flags(p, "--num_ddim_steps", "--num_inner_steps", "--num_epoch", "--schedule", "--guidance_scale",
+                  defaults={"num_ddim_steps": 50}, helps={"num_ddim_steps": "DDIM steps T (PIE-Bench's 50)"})
+    # one value each (PIE-Bench's StyleDiffusion row: .5 / .6 / .6 / 0)
+    cli.add_flags(p, "--tau_v", "--tau_c", "--tau_s", "--tau_u",
+                  defaults={"tau_v": 0.5, "tau_c": 0.6, "tau_s": 0.6, "tau_u": 0.0})
     p.add_argument("--use_annotation_mask", action="store_true",
                    help="mask-allowed track: the annotation mask replaces LocalBlend's attention mask")
     p.add_argument("--blend_from_brackets", action="store_true", help="the [bracketed] words become the blend words")
     p.add_argument("--replacement_rule", default=ReplacementRule.WORDS.value, choices=[r.value for r in ReplacementRule],
                    help="Replacement when the prompts have the same number of words, or (char_length) of characters "
                         "as the published runner; else Refinement")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="redo finished cases")
+    cli.add_flags(p, "--seed", "--overwrite", helps={"overwrite": "redo finished cases"})
     return p
 
 
 def settings_from(args: argparse.Namespace) -> PieSettings:
     """Checked settings from the parsed flags."""
-    method = to_enum(InversionMethod, args.method, "--method")
-    inner = method.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
-    guidance = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    checks.check_counts(inner, args.num_epoch, args.num_ddim_steps)
-    taus = [checks.check_fractions([getattr(args, f"tau_{n}")], f"--tau_{n}")[0] for n in "vcsu"]
-    checks.check_finite(guidance, "--guidance_scale")
-    checks.check_seed(args.seed)
+    inv = cli.invert_config(args, checks.model_id(args.model, args.sd_version), prompt="", image_path="",
+                            inversion=args.method, method_flag="--method")
+    taus = [one_value(values.fraction_list(getattr(args, f"tau_{n}"), f"--tau_{n}"), f"--tau_{n}") for n in "vcsu"]
     checks.check_size(args.resolution, False)
-    return PieSettings(model=checks.model_id(args.model, args.sd_version), method=method,
-                       num_ddim_steps=args.num_ddim_steps, num_inner_steps=inner, num_epoch=args.num_epoch,
-                       guidance_scale=guidance, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
+    return PieSettings(model=inv.model, method=inv.inversion, num_ddim_steps=inv.num_ddim_steps,
+                       num_inner_steps=inv.num_inner_steps, num_epoch=inv.num_epoch,
+                       guidance_scale=inv.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
                        replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
-                       seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect,
-                       schedule=to_enum(Schedule, args.schedule, "--schedule"))
+                       seed=inv.seed, resolution=inv.resolution, keep_aspect=inv.keep_aspect, schedule=inv.schedule)
+
+
+def one_value(items: list[float], flag: str) -> float:
+    """The single value of a tau flag (a PIE-Bench run edits every case with one setting)."""
+    if len(items) != 1:
+        raise UsageError(f"{flag} {items}: pie_bench.py takes one value per tau (run once per setting)")
+    return items[0]
 
 
 def manifest(settings: PieSettings, args: argparse.Namespace, n_cases: int, processes: int) -> dict:
@@ -93,19 +91,15 @@ def manifest(settings: PieSettings, args: argparse.Namespace, n_cases: int, proc
             "command": sys.argv}
 
 
-def summary(results: list[CaseResult], tag: str, total: int, seconds: float) -> str:
-    counts = {k: sum(r.status == k for r in results) for k in ("done", "skipped", "failed")}
-    lines = [f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed of "
-             f"{total} cases in {seconds:.0f} s"]
-    failed = [r for r in results if r.status == "failed"]
+def run_summary(results: list[CaseResult], tag: str, total: int, seconds: float) -> str:
+    """The end-of-run summary, then the failed and the redone cases, each named."""
+    lines = [summary([r.status for r in results], total, "cases", tag, seconds)]
+    failed = [(r.key, r.message) for r in results if r.status == "failed"]
     if failed:
-        width = max(len(r.key) for r in failed)
-        lines += [f"{tag}failed cases:"] + [f"  {r.key:>{width}}  {r.message}" for r in failed]
-    redone = [r for r in results if r.redone]
+        lines += [f"{tag}failed cases:"] + table(failed)
+    redone = [(r.key, r.redone) for r in results if r.redone]
     if redone:
-        width = max(len(r.key) for r in redone)
-        lines += [f"{tag}redone cases (the earlier output could not be reused):"] + [
-            f"  {r.key:>{width}}  {r.redone}" for r in redone]
+        lines += [f"{tag}redone cases (the earlier output could not be reused):"] + table(redone)
     return "\n".join(lines)
 
 
@@ -123,24 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--data_path {args.data_path}: no case matches --edit_category_list {args.edit_category_list} "
                          f"and the range [{args.from_case}, {args.end_case})")
 
-    from accelerate import PartialState
-
     from sdtoolkit.core.io import write_json
     from sdtoolkit.core.models import load_models
 
-    state = PartialState(cpu=args.device == "cpu")
-    mine = cases[state.process_index :: state.num_processes]
-    tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
-    results = [CaseResult(f.key, "failed", f.message) for f in unreadable] if state.is_main_process else []
+    part = shard(args.device)
+    mine, tag = part.mine(cases), part.tag
+    results = [CaseResult(f.key, "failed", f.message) for f in unreadable] if part.is_main else []
     start = time.perf_counter()
     if mine:
-        device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
-        models = load_models(settings.model, device, args.dtype, **cli.load_kwargs(args))
+        models = load_models(settings.model, part.device, args.dtype, **cli.load_kwargs(args))
         checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
-        if state.is_main_process:
+        if part.is_main:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
-                       manifest(settings, args, len(cases), state.num_processes))
-        bar = tqdm(mine, desc=f"{tag}{method_folder_name(settings.method)} ({settings.track})", unit="case", position=state.process_index)
+                       manifest(settings, args, len(cases), part.count))
+        bar = tqdm(mine, desc=f"{tag}{method_folder_name(settings.method)} ({settings.track})", unit="case", position=part.index)
         for case in bar:
             try:
                 results.append(run_case(models, case, settings, Path(args.data_path), Path(args.output_path),
@@ -149,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(CaseResult(case.key, "failed", str(err).splitlines()[0]))
             except Exception as err:  # a broken case fails alone
                 results.append(CaseResult(case.key, "failed", f"{type(err).__name__}: {err}".splitlines()[0]))
-    print(summary(results, tag, len(mine) + (len(unreadable) if state.is_main_process else 0),
-                  time.perf_counter() - start), flush=True)
+    print(run_summary(results, tag, len(mine) + (len(unreadable) if part.is_main else 0),
+                      time.perf_counter() - start), flush=True)
     if results and all(r.status == "failed" for r in results):
         return 2
     return 1 if any(r.status == "failed" for r in results) else 0

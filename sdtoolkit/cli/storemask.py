@@ -25,10 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_path", default=str(REPO_ROOT / "results" / "input"), help="folder of '{case} {prompt}.png' ('.jpg' with --mode reference)")
     p.add_argument("--bgmask_path", default=str(REPO_ROOT / "results" / "bgmask"), help="output: background masks")
     p.add_argument("--fgmask_path", default=str(REPO_ROOT / "results" / "fgmask"), help="output: foreground masks")
-    p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
-    p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
+    cli.add_flags(p, "--from_case", "--end_case")
     cli.add_model_flags(p, compile_flag=False, image_encoder=False, training=False)
-    p.add_argument("--num_ddim_steps", type=int, default=50)
+    cli.add_flags(p, "--num_ddim_steps", defaults={"num_ddim_steps": 50}, helps={"num_ddim_steps": "DDIM steps of "
+                  "the inversion whose attention makes the mask"})
     p.add_argument("--allow_missing", action="store_true", help="mask the cases whose input exists, exit 0")
     p.add_argument("--mode", choices=MODES, default="corrected",
                    help="'reference': the published mask script's heads, token, uint8/bicubic masks and .jpg inputs")

@@ -11,50 +11,23 @@ import sys
 from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.settings import AttnPairing, EditConfig, EditType, InversionMethod, InvertConfig
+from sdtoolkit.core.settings import EditConfig, EditType, InvertConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
-    g = p.add_argument_group("what to do")
-    g.add_argument("--is_train", type=cli.str2bool, default=True, help="True: invert/train; '' or False: edit")
-    g.add_argument("--inversion", choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value,
-                   help="inversion method")
-    g = p.add_argument_group("input")
-    g.add_argument("--index", default="0", help="case index used in file names")
-    g.add_argument("--prompt", required=True, help="source prompt describing the image")
-    g.add_argument("--image_path", required=True, help="input image (any size, mode or bit depth)")
-    g.add_argument("--crop", type=int, nargs=4, default=(0, 0, 0, 0), metavar=("LEFT", "RIGHT", "TOP", "BOTTOM"),
-                   help="pixels cut from each side before the centred square crop")
-    g.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word mode (prompt 'dog', target 'tiger')")
-    g = p.add_argument_group("model")
-    cli.add_model_flags(g)
-    g = p.add_argument_group("training")
-    g.add_argument("--num_ddim_steps", type=int, default=None,
-                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts, and for "
-                   "directinversion, editfriendly, edict, proxnpi, as their published runners)")
-    g.add_argument("--guidance_scale", type=float, default=None,
-                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
-    g.add_argument("--num_inner_steps", type=int, default=None,
-                   help="inner iterations of step 0 (default 100 for stylediffusion, 10 for nulltext and textinv)")
-    g.add_argument("--num_epoch", type=int, default=1)
-    cli.add_schedule_flag(g)
-    g.add_argument("--w_attnloss", type=cli.str2bool, default=True, help="add the cross-attention loss")
-    g.add_argument("--attn_pairing", choices=[m.value for m in AttnPairing], default=AttnPairing.SAME.value,
-                   help="'reference' pairs step i with the maps one step noisier (the reference's shift)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
-    g.add_argument("--overwrite", action="store_true", help="replace a result trained with other settings")
+    cli.add_flags(p.add_argument_group("what to do"), "--is_train", "--inversion")
+    cli.add_flags(p.add_argument_group("input"), "--index", "--prompt", "--image_path", "--crop", "--is_1word")
+    cli.add_model_flags(p.add_argument_group("model"))
+    cli.add_flags(p.add_argument_group("training"), "--num_ddim_steps", "--guidance_scale", "--num_inner_steps",
+                  "--num_epoch", "--schedule", "--w_attnloss", "--attn_pairing", "--seed", "--model_dir", "--overwrite")
     g = p.add_argument_group("editing")
-    g.add_argument("--target", default=None, help="target prompt")
     # the reference stylediffusion.py's defaults; its README recommends .5/.6/.6/0 (README "Recommended settings")
-    g.add_argument("--tau_v", default="[.6,]", help="fractions of steps with M_t on the target's value path")
-    cli.add_attention_flags(g, tau_c="[.6,]", tau_s="[.8,]", tau_u="[.5,]")
+    cli.add_flags(g, "--target", "--tau_v", "--tau_c", "--tau_s", "--tau_u", "--blend_word", "--eq_params")
     g.add_argument("--blend_mask", default=None, metavar="PATH",
                    help="mask image (white = may change, cropped/resized as the input) used instead of the blend "
                         "words' attention mask by LocalBlend")
-    g.add_argument("--edit_type", default=EditType.REPLACEMENT.value, choices=[m.value for m in EditType])
-    g.add_argument("--outdir", default="stylediffusion-results/Others")
+    cli.add_flags(g, "--edit_type", "--outdir")
     g.add_argument("--baselines", action="store_true",
                    help="add a grid row: DDIM inversion, DDIM with word swap, DDIM + P2P, null-text + P2P "
                         "(null-text is trained first when not saved)")
@@ -64,26 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
     """InvertConfig and EditConfig from parsed arguments (checked)."""
     model = checks.model_id(args.model, args.sd_version)
-    inversion = InversionMethod(args.inversion)
     edit_type = EditType(args.edit_type)
     if not args.is_train:
         checks.check_target_given(args.target, edit_type)
     if args.baselines and (args.is_train or edit_type is EditType.STORE_ATTN):
         raise UsageError("--baselines adds a row to edit grids: use it with --is_train '' and --edit_type "
                          "Replacement or Refinement")
-    inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
-    steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
-    guidance = inversion.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    checks.check_counts(inner, args.num_epoch, steps)
-    checks.check_finite(guidance, "--guidance_scale")
-    checks.check_seed(args.seed)
-    inv = InvertConfig(
-        prompt=args.prompt, image_path=args.image_path, index=args.index, model=model, inversion=inversion,
-        num_ddim_steps=steps, guidance_scale=guidance, num_inner_steps=inner,
-        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, crop=tuple(args.crop),
-        attn_pairing=args.attn_pairing, seed=args.seed, model_dir=args.model_dir, resolution=args.resolution,
-        keep_aspect=args.keep_aspect, schedule=args.schedule,
-    )
+    inv = cli.invert_config(args, model)
     edit = EditConfig(
         target=args.target, edit_type=edit_type, tau_v=values.fraction_list(args.tau_v, "--tau_v"),
         tau_c=values.fraction_list(args.tau_c, "--tau_c"), tau_s=values.fraction_list(args.tau_s, "--tau_s"),

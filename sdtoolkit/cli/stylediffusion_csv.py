@@ -16,11 +16,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sdtoolkit.cli import flags as cli
+from sdtoolkit.cli.runs import shard, summary, table
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename
 from sdtoolkit.core.paths import check_name, check_writable_dir
-from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig
+from sdtoolkit.core.settings import EditConfig, EditType, InvertConfig
 from sdtoolkit.jobs.cases import read_cases, resolve_image
 
 TRAIN_COLUMNS = ("case_number", "prompt", "image_path")
@@ -29,26 +30,14 @@ EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "t
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__)
-    p.add_argument("--is_train", type=cli.str2bool, default=True, help="True: train every row; '' or False: edit")
-    p.add_argument("--is_1word", type=cli.str2bool, default=False, help="1-word CSV (prompt 'dog', target 'tiger')")
-    p.add_argument("--inversion", choices=[m.value for m in InversionMethod], default=InversionMethod.STYLEDIFFUSION.value)
+    cli.add_flags(p, "--is_train", "--is_1word", "--inversion", helps={"is_train": "True: train every row; '' or "
+                  "False: edit", "is_1word": "1-word CSV (prompt 'dog', target 'tiger')"})
     p.add_argument("--prompts_path", default="./data/stylediffusion_prompts.csv", help="the CSV")
     p.add_argument("--save_path", default="stylediffusion-results", help="edits go to {save_path}/{csv stem}/")
-    p.add_argument("--from_case", type=int, default=None, help="first case_number (inclusive)")
-    p.add_argument("--end_case", type=int, default=None, help="stop before this case_number (exclusive, as the reference)")
+    cli.add_flags(p, "--from_case", "--end_case")
     cli.add_model_flags(p)
-    p.add_argument("--num_ddim_steps", type=int, default=None,
-                   help="DDIM steps T (default: 30; 50 for --inversion nulltext, as the reference's scripts, and for "
-                   "directinversion, editfriendly, edict, proxnpi, as their published runners)")
-    p.add_argument("--guidance_scale", type=float, default=None,
-                   help="classifier-free guidance (default: 7.5; 3 for EDICT, as published)")
-    p.add_argument("--num_inner_steps", type=int, default=None, help="default 100 (stylediffusion), 10 (nulltext, textinv)")
-    p.add_argument("--num_epoch", type=int, default=1)
-    cli.add_schedule_flag(p)
-    p.add_argument("--w_attnloss", type=cli.str2bool, default=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model_dir", default=".", help="folder that holds model_learnv/ etc.")
-    p.add_argument("--overwrite", action="store_true", help="retrain rows trained with other settings")
+    cli.add_flags(p, "--num_ddim_steps", "--guidance_scale", "--num_inner_steps", "--num_epoch", "--schedule",
+                  "--w_attnloss", "--seed", "--model_dir", "--overwrite")
     return p
 
 
@@ -123,20 +112,8 @@ def edit_resume(cfg, edit) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = checks.model_id(args.model, args.sd_version)
-    inversion = InversionMethod(args.inversion)
-    inner = inversion.default_inner_steps if args.num_inner_steps is None else args.num_inner_steps
-    steps = inversion.default_ddim_steps if args.num_ddim_steps is None else args.num_ddim_steps
-    guidance = inversion.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    checks.check_counts(inner, args.num_epoch, steps)
-    checks.check_finite(guidance, "--guidance_scale")
-    checks.check_seed(args.seed)
     editing = not args.is_train
-    template = InvertConfig(
-        prompt="", image_path="", model=model, inversion=inversion,
-        num_ddim_steps=steps, guidance_scale=guidance, num_inner_steps=inner,
-        num_epoch=args.num_epoch, w_attnloss=args.w_attnloss, is_1word=args.is_1word, seed=args.seed,
-        model_dir=args.model_dir, resolution=args.resolution, keep_aspect=args.keep_aspect, schedule=args.schedule,
-    )
+    template = cli.invert_config(args, model, prompt="", image_path="")
     df = read_cases(args.prompts_path, EDIT_COLUMNS if editing else TRAIN_COLUMNS, args.from_case, args.end_case)
     rows = parse_rows(df, args, editing, template)
     if editing:
@@ -144,20 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         check_writable_dir(template.folder(), "--model_dir")
 
-    from accelerate import PartialState
-
     from sdtoolkit.core.models import load_models
     from sdtoolkit.jobs.edit import edit_folder, run_edit
     from sdtoolkit.jobs.invert import invert
 
-    state = PartialState(cpu=args.device == "cpu")
-    mine = rows[state.process_index :: state.num_processes]
-    device = args.device if args.device != "auto" or state.num_processes == 1 else str(state.device)
-    models = load_models(model, device, args.dtype, **cli.load_kwargs(args))
+    part = shard(args.device)
+    mine, tag = part.mine(rows), part.tag
+    models = load_models(model, part.device, args.dtype, **cli.load_kwargs(args))
     checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
     results: list[tuple[str, str, str]] = []
-    tag = f"[process {state.process_index + 1}/{state.num_processes}] " if state.num_processes > 1 else ""
-    for row in tqdm(mine, desc=f"{tag}rows", position=state.process_index):
+    for row in tqdm(mine, desc=f"{tag}rows", position=part.index):
         cfg = replace(template, prompt=row.prompt, image_path=row.image_path, index=row.case)
         try:
             checks.check_image(cfg.image_path, cfg.crop)
@@ -179,12 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(exc).splitlines()[0] if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
             results.append((row.case, "failed", reason))
         tqdm.write(f"{tag}case {row.case}: {results[-1][1]} ({results[-1][2]})")
-    counts = {k: sum(r[1] == k for r in results) for k in ("done", "skipped", "failed")}
-    width = max([4] + [len(r[0]) for r in results])
-    block = [f"\n{tag}summary: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-             f"of {len(mine)} rows"] + [f"  {case:>{width}}  {status:<7}  {reason}" for case, status, reason in results]
+    block = [summary([r[1] for r in results], len(mine), "rows", tag)]
+    block += table([(case, f"{status:<7}  {reason}") for case, status, reason in results], min_width=4)
     print("\n".join(block), flush=True)  # one write: other processes' lines cannot land inside the table
-    return 1 if counts["failed"] else 0
+    return 1 if any(r[1] == "failed" for r in results) else 0
 
 
 def console() -> int:

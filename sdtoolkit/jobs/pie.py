@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdtoolkit.core.checks import check_output_names, validate_edit
+from sdtoolkit.core.checks import check_output_names, invert_config, validate_edit
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import decodes, tensor_to_pil
 from sdtoolkit.core.io import result_lock, save_image, write_json
@@ -89,7 +89,7 @@ class PieSettings:
 
     def invert_config(self, case: PieCase, data_path: Path, inversion_dir: Path) -> InvertConfig:
         """The inversion of ``case`` (source prompt without brackets), saved under ``inversion_dir``."""
-        return InvertConfig(
+        return invert_config(
             prompt=case.source_prompt, image_path=str(case.source_file(data_path)), index=case.key, model=self.model,
             inversion=self.method, num_ddim_steps=self.num_ddim_steps, guidance_scale=self.guidance_scale,
             num_inner_steps=self.num_inner_steps, num_epoch=self.num_epoch, seed=self.seed,
