@@ -156,7 +156,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("CSV edited/ copy is the grid image", "sdtoolkit/cli/stylediffusion_csv.py",
            'p.name.startswith("edited_img-")', 'p.name.startswith("grid_img-")',
            (OUTPUTS,)),
-    Mutant("storemask background mask = foreground", "sdtoolkit/evaluation/storemask.py",
+    Mutant("storemask background mask = foreground", "sdtoolkit/cli/storemask.py",
            "fg_png, bg_png = to_png(fg), to_png(1 - fg)", "fg_png, bg_png = to_png(fg), to_png(fg)",
            (OUTPUTS,)),
     # PIE-Bench's other rows (issue 21)

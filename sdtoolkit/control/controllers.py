@@ -274,10 +274,10 @@ class Recording:
         return self.inner.wants_probs(layer, call) or self.store.wants_probs(layer, call)
 
     def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
-        out = self.inner.on_probs(probs, layer, call) if self.inner.wants_probs(layer, call) else probs
+        edited = self.inner.on_probs(probs, layer, call) if self.inner.wants_probs(layer, call) else probs
         if self.store.wants_probs(layer, call):
-            self.store.store(out, layer, call)
-        return out
+            self.store.store(edited, layer, call)
+        return edited
 
     def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return self.inner.step_callback(z, step)
