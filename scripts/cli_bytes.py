@@ -4,10 +4,11 @@ writes, so a restructuring can be checked to leave every output byte-identical.
     python scripts/cli_bytes.py --out before.json        # on the old code
     python scripts/cli_bytes.py --out after.json --compare before.json
 
-Runs each CLI as its own process (``python -m …``) in a scratch folder (``--work``, emptied first; the same folder
-both times, since sidecars record paths). JSON files are hashed after dropping their timing fields
-(``elapsed_seconds``, ``seconds``) and JSON / CSV / stdout have the checkout's path replaced by ``<repo>``; stdout is hashed with its timings ("in 12 s", "12.3 s") blanked. Exit 1 when
-``--compare`` finds a difference (listed).
+Runs each CLI through its reference-named script (``stylediffusion.py``, ``eval_metrics/ns_lpips.py``, …) as its
+own process in a scratch folder (``--work``, emptied first). JSON files are hashed after dropping their timing
+fields (``elapsed_seconds``, ``seconds``); in JSON, CSV and stdout the scratch folder's and the checkout's paths
+are replaced by ``<work>`` and ``<repo>`` (so two checkouts can be compared); stdout is hashed with its timings
+("in 12 s", "12.3 s") blanked. Exit 1 when ``--compare`` finds a difference (listed).
 """
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ CSV = f"""case_number,prompt,image_path,target,blend_word,eq_params,tau_v,tau_c,
 """
 
 
-def runs(work: Path) -> list[tuple[str, list[str]]]:
+def runs() -> list[tuple[str, list[str]]]:
     """(label, argv after ``python``) of every CLI run, in order (later runs read earlier outputs)."""
-    sd = ["-m", "sdtoolkit.cli.stylediffusion"]
+    sd = [str(REPO / "stylediffusion.py")]
     edit = ["--is_train", "", "--target", TARGET]
     one = ["--index", "1", "--prompt", PROMPT, "--image_path", CAT]
-    csv = ["-m", "sdtoolkit.cli.stylediffusion_csv", "--prompts_path", "cases.csv", "--save_path", "csv-results"]
+    csv = [str(REPO / "stylediffusion_csv.py"), "--prompts_path", "cases.csv", "--save_path", "csv-results"]
     masks = ["--prompts_path", "cases.csv", "--input_path", "csv-results/cases/input"]
-    pie = ["-m", "sdtoolkit.cli.pie_bench", "--data_path", "pie", "--output_path", "pie-out", "--model", "tiny",
+    pie = [str(REPO / "pie_bench.py"), "--data_path", "pie", "--output_path", "pie-out", "--model", "tiny",
            "--device", "cpu", "--num_ddim_steps", "3", "--num_inner_steps", "2"]
     return [
         ("sd train", sd + ["--is_train", "True", *one, *FAST]),
@@ -57,19 +58,19 @@ def runs(work: Path) -> list[tuple[str, list[str]]]:
         ("csv train", csv + ["--is_train", "True", *FAST]),
         ("csv edit", csv + ["--is_train", "", *FAST]),
         ("csv edit again", csv + ["--is_train", "", *FAST]),
-        ("p2plus", ["-m", "sdtoolkit.cli.p2plus", "--prompt", PROMPT, "--target", TARGET, "--seed", "[0,1]",
+        ("p2plus", [str(REPO / "p2plus.py"), "--prompt", PROMPT, "--target", TARGET, "--seed", "[0,1]",
                     "--tau_u", "[.5,0.]", "--blend_word", "[('cat',), ('dog',)]", "--model", "tiny", "--device", "cpu",
                     "--num_ddim_steps", "4", "--outdir", "p2plus"]),
-        ("storemask", ["-m", "sdtoolkit.cli.storemask", *masks, "--fgmask_path", "fg", "--bgmask_path", "bg",
+        ("storemask", [str(REPO / "eval_metrics" / "storemask.py"), *masks, "--fgmask_path", "fg", "--bgmask_path", "bg",
                        "--model", "tiny", "--device", "cpu", "--num_ddim_steps", "4"]),
-        ("ns_lpips", ["-m", "sdtoolkit.cli.ns_lpips", *masks, "--edited_path", "csv-results/cases/edited",
+        ("ns_lpips", [str(REPO / "eval_metrics" / "ns_lpips.py"), *masks, "--edited_path", "csv-results/cases/edited",
                       "--mask_path", "bg", "--offline_random_weights", "--device", "cpu", "--out", "ns_lpips.csv"]),
         ("pie stylediffusion", pie),
         ("pie npi mask", pie + ["--method", "npi", "--use_annotation_mask", "--blend_from_brackets"]),
-        ("pie_metrics", ["-m", "sdtoolkit.cli.pie_metrics", "--data_path", "pie", "--output_path", "pie-out",
+        ("pie_metrics", [str(REPO / "eval_metrics" / "pie_metrics.py"), "--data_path", "pie", "--output_path", "pie-out",
                          "--methods", "stylediffusion", "npi", "--result_path", "metrics.csv",
                          "--offline_random_weights", "--random_size", "tiny", "--device", "cpu", "--quiet"]),
-        ("convert", ["-m", "sdtoolkit.cli.convert_reference", "ref.pth", "--prompt", PROMPT, "--image_path", CAT,
+        ("convert", [str(REPO / "scripts" / "convert_reference_pth.py"), "ref.pth", "--prompt", PROMPT, "--image_path", CAT,
                      "--index", "9", "--model", "tiny", "--device", "cpu", "--num_ddim_steps", "4",
                      "--model_dir", "converted"]),
         ("convert edit", sd + [*edit, "--index", "9", "--prompt", PROMPT, "--image_path", CAT, "--model", "tiny",
@@ -100,10 +101,10 @@ def prepare(work: Path) -> None:
     torch.save(module.reference_steps(4, 197, 77), work / "ref.pth")  # the tiny image encoder: 197 tokens
 
 
-def digest(path: Path) -> str:
+def digest(path: Path, work: Path) -> str:
     data = path.read_bytes()
     if path.suffix in (".json", ".csv"):
-        data = data.replace(str(REPO).encode(), b"<repo>")
+        data = data.replace(str(work).encode(), b"<work>").replace(str(REPO).encode(), b"<repo>")
     if path.suffix == ".json":
         def strip(value):
             if isinstance(value, dict):
@@ -124,13 +125,13 @@ def main() -> int:
     prepare(args.work)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     record: dict[str, str] = {}
-    for label, argv in runs(args.work):
+    for label, argv in runs():
         proc = subprocess.run([sys.executable, *argv], cwd=args.work, env=env, capture_output=True, text=True)
-        out = re.sub(r"\d+(\.\d+)? s\b", "# s", proc.stdout.replace(str(REPO), "<repo>"))
+        out = re.sub(r"\d+(\.\d+)? s\b", "# s", proc.stdout.replace(str(args.work), "<work>").replace(str(REPO), "<repo>"))
         record[f"run {label}"] = f"rc {proc.returncode} stdout {hashlib.sha256(out.encode()).hexdigest()}"
         print(f"{label}: rc {proc.returncode}" + (f"\n{proc.stderr[-2000:]}" if proc.returncode else ""), flush=True)
     for path in sorted(p for p in args.work.rglob("*") if p.is_file()):
-        record[str(path.relative_to(args.work))] = digest(path)
+        record[str(path.relative_to(args.work))] = digest(path, args.work)
     args.out.write_text(json.dumps(record, indent=1, sort_keys=True))
     print(f"{len(record)} entries -> {args.out}")
     if args.compare is None:

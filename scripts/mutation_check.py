@@ -71,7 +71,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "return call.step >= self.cross_alpha.shape[0] - 1 - self.n_u and self._self_layer(layer)",
            (PINNED,)),
     Mutant("equalizer (--eq_params) ignored", "sdtoolkit/jobs/edit.py",
-           "tau_u=taus.u, equalizer=equalizer,", "tau_u=taus.u, equalizer=None,",
+           "equalizer=equalizer, local_blend=blend,", "equalizer=None, local_blend=blend,",
            (PINNED,)),
     # more of our own
     Mutant("guidance sign flipped", "sdtoolkit/core/ddim.py",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +31,7 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import as_pil, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
 from sdtoolkit.core.models import SDModels, load_models
-from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Taus
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Taus
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
@@ -118,10 +118,20 @@ class Edited:
         return out
 
 
-def _taus(tau_v, tau_c, tau_s, tau_u) -> dict[str, list]:
-    """The tau lists of an edit from numbers, lists, or (tau_c) per-word dicts."""
-    return dict(tau_v=values.fraction_list(tau_v, "tau_v"), tau_c=values.cross_fractions(tau_c, "tau_c"),
-                tau_s=values.fraction_list(tau_s, "tau_s"), tau_u=values.fraction_list(tau_u, "tau_u"))
+RECOMMENDED_TAUS = {name: items[0] for name, items in EditConfig(target=None).tau_lists().items()}
+"""The library's default taus (the reference README's recommended .5 / .6 / .6 / 0)."""
+P2PLUS_TAUS = {"tau_c": 0.8, "tau_s": 0.4, "tau_u": 0.5}
+"""The reference p2plus.py's defaults (generated edits)."""
+
+
+def _taus(given: dict, defaults: Mapping, names: Sequence[str] = TAU_NAMES) -> dict[str, list]:
+    """The tau lists of an edit from numbers, lists, or per-word dicts (:data:`PER_WORD_TAUS`); ``given`` must
+    name taus of ``names``, the others take ``defaults`` (else the library's)."""
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not a setting here; the taus are {', '.join(names)}")
+    chosen = {**RECOMMENDED_TAUS, **defaults, **given}
+    return values.tau_lists(chosen.__getitem__, names, flag=lambda name: name)
 
 
 class Model:
@@ -213,33 +223,32 @@ class Model:
             raise UsageError("mask has no white pixel: nothing could be edited (white = may change)")
         return out
 
-    def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement", tau_v: float = 0.5,
-             tau_c: float | Mapping = 0.6, tau_s: float = 0.6, tau_u: float = 0.0,
+    def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
              blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-             mask: ImageLike | None = None, attention_maps: bool = False) -> Edited:
+             mask: ImageLike | None = None, attention_maps: bool = False, **taus: float | Mapping) -> Edited:
         """Edit ``inverted`` into ``target`` with P2Plus and return the images.
 
         ``edit_type``: ``"Replacement"`` (same number of words) or ``"Refinement"`` (words inserted or removed);
-        taus: fractions of the steps (docs/method.md §4), the library's recommended .5 / .6 / .6 / 0 by default;
+        ``taus``: ``tau_v``, ``tau_c``, ``tau_s``, ``tau_u``, fractions of the steps (docs/method.md §4), the library's
+        recommended .5 / .6 / .6 / 0 by default;
         ``tau_c`` also per word, ``{"tiger": 0.3, "default_": 0.6}``; ``blend``: LocalBlend's words, ``("cat",
         "tiger")``, ``(("cat",), ("big", "tiger"))`` or ``{"cat": "tiger"}``; ``reweight``: ``{"tiger": 2}``;
         ``mask``: a user mask (white = may change) instead of the blend words' attention mask;
         ``attention_maps``: also return the per-token cross-attention maps."""
-        for name, value in (("tau_v", tau_v), ("tau_c", tau_c), ("tau_s", tau_s), ("tau_u", tau_u)):
-            if isinstance(value, (list, tuple)) and not isinstance(value, Mapping) and len(value) != 1:
+        for name, value in taus.items():
+            if isinstance(value, (list, tuple)) and len(value) != 1:
                 raise UsageError(f"{name} {value!r}: edit takes one value per tau; use sweep for several")
-        return self.sweep(inverted, target, edit_type=edit_type, tau_v=tau_v, tau_c=tau_c, tau_s=tau_s, tau_u=tau_u,
-                          blend=blend, reweight=reweight, mask=mask, attention_maps=attention_maps, progress=False)[0]
+        return self.sweep(inverted, target, edit_type=edit_type, blend=blend, reweight=reweight, mask=mask,
+                          attention_maps=attention_maps, progress=False, **taus)[0]
 
     def sweep(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
-              tau_v: float | Sequence[float] = 0.5, tau_c: float | Sequence | Mapping = 0.6,
-              tau_s: float | Sequence[float] = 0.6, tau_u: float | Sequence[float] = 0.0,
               blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-              mask: ImageLike | None = None, attention_maps: bool = False,
-              progress: bool | None = None) -> list[Edited]:
-        """:meth:`edit` for every combination of the tau lists (tau_v outermost, as the CLI's file order)."""
+              mask: ImageLike | None = None, attention_maps: bool = False, progress: bool | None = None,
+              **taus: float | Sequence | Mapping) -> list[Edited]:
+        """:meth:`edit` for every combination of the tau lists (``tau_v=[.2, .6]``, ...; tau_v outermost, as the
+        CLI's file order)."""
         cfg, models = inverted.config, self.models
-        edit = self._edit_config(cfg.prompt, target, edit_type, _taus(tau_v, tau_c, tau_s, tau_u), blend, reweight)
+        edit = self._edit_config(cfg.prompt, target, edit_type, _taus(taus, {}), blend, reweight)
         checks.validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)
         blend_mask = self._mask(mask, cfg)
         texts = torch.cat([models.encode_text([cfg.prompt]).float(), models.encode_text([target]).float()])
@@ -259,13 +268,13 @@ class Model:
         return out
 
     def edit_generated(self, prompt: str, target: str, seed: int | Sequence[int] = 2720, *,
-                       edit_type: str = "Replacement", tau_c: float | Mapping = 0.8, tau_s: float = 0.4,
-                       tau_u: float = 0.5, blend: Sequence | Mapping | None = None,
+                       edit_type: str = "Replacement", blend: Sequence | Mapping | None = None,
                        reweight: Mapping | Sequence | None = None, num_ddim_steps: int = 50,
                        guidance_scale: float = 7.5, resolution: int | None = None,
-                       attention_maps: bool = False) -> Edited | list[Edited]:
+                       attention_maps: bool = False, **taus: float | Sequence | Mapping) -> Edited | list[Edited]:
         """P2Plus on a *generated* image (no inversion): sample ``prompt`` from the seed's noise and edit it into
-        ``target`` (the defaults are p2plus.py's). A list of seeds gives a list of edits."""
+        ``target`` (the defaults are p2plus.py's: tau_c .8, tau_s .4, tau_u .5; tau_v does not apply). A list of
+        seeds, or of tau values, gives a list of edits."""
         seeds = [seed] if isinstance(seed, int) else list(seed)
         for s in seeds:
             checks.check_seed(s, "seed")
@@ -273,7 +282,9 @@ class Model:
         checks.check_finite(guidance_scale, "guidance_scale")
         checks.check_size(resolution, False)
         checks.check_multiple(resolution, self.models.family.size_multiple)
-        edit = self._edit_config(prompt, target, edit_type, _taus(0.0, tau_c, tau_s, tau_u), blend, reweight)
+        names = [name for name in TAU_NAMES if name != "tau_v"]
+        edit = self._edit_config(prompt, target, edit_type, {**_taus(taus, P2PLUS_TAUS, names), "tau_v": [0.0]},
+                                 blend, reweight)
         checks.validate_edit(prompt, edit, self.models.tokenizer)
         generator = Generator(self.models, prompt, edit, num_ddim_steps, guidance_scale, resolution)
         out = []
@@ -288,7 +299,7 @@ class Model:
             out.append(Edited(edited, source, source, taus, None, maps[1], maps[0], seed=s,
                               settings={"prompt": prompt, "num_ddim_steps": num_ddim_steps,
                                         "guidance_scale": guidance_scale}))
-        return out[0] if isinstance(seed, int) else out
+        return out[0] if len(out) == 1 and isinstance(seed, int) else out
 
     # ---- scores ----------------------------------------------------------------------------------------------
     def attention_mask(self, image: ImageLike, prompt: str, words: str | Sequence[str], num_ddim_steps: int = 50,
@@ -308,10 +319,11 @@ class Model:
 
 
 def _settings(edit: EditConfig, cfg: InvertConfig) -> dict:
-    """What an edit was made with (the CLI sidecar's ``edit`` and ``source`` entries)."""
+    """What an edit was made with (the CLI sidecar's ``edit`` and ``source`` entries; ``edit`` lists every tau of
+    the sweep)."""
     from dataclasses import asdict
 
-    return {"edit": asdict(replace(edit, tau_v=[], tau_c=[], tau_s=[], tau_u=[])), "source": asdict(cfg)}
+    return {"edit": asdict(edit), "source": asdict(cfg)}
 
 
 def _pil(image: ImageLike) -> Image.Image:

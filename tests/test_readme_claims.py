@@ -16,6 +16,7 @@ from sdtoolkit.cli import ns_lpips, pie_metrics, storemask
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
+CLI_DOC = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")  # the walkthrough moved here from the README
 
 PARSE = {
     "stylediffusion.py": lambda argv: stylediffusion.build_parser().parse_args(argv),
@@ -28,10 +29,10 @@ PARSE = {
 }
 
 
-def walkthrough_commands() -> list[list[str]]:
-    """The ``python …`` commands of the README's walkthrough, continuation lines joined, as argv lists."""
-    section = README.split("## Walkthrough", 1)[1].split("\n## ", 1)[0]
-    assert "Every command below also runs with `--model tiny` appended." in section
+def walkthrough_commands(text: str = CLI_DOC, heading: str = "## Walkthrough") -> list[list[str]]:
+    """The ``python …`` commands of a section (docs/cli.md's walkthrough; the README's two commands), continuation
+    lines joined, as argv lists."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     text = section.replace("\\\n", " ")
     commands = [shlex.split(line.strip().replace("$R", "results"))
                 for line in text.splitlines() if line.strip().startswith("python ")]
@@ -39,14 +40,17 @@ def walkthrough_commands() -> list[list[str]]:
 
 
 COMMANDS = walkthrough_commands()
+README_COMMANDS = walkthrough_commands(README, "## The two commands")
 
 
 def test_the_walkthrough_has_its_commands():
+    assert "Every command below also runs with `--model tiny` appended." in CLI_DOC.split("## Walkthrough", 1)[1]
+    assert [c[0] for c in README_COMMANDS] == ["stylediffusion.py", "stylediffusion.py", "stylediffusion_csv.py"]
     assert [c[0] for c in COMMANDS] == ["stylediffusion.py", "stylediffusion.py", "stylediffusion_csv.py",
                                         "stylediffusion_csv.py", "eval_metrics/storemask.py", "eval_metrics/ns_lpips.py"]
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:3]))
+@pytest.mark.parametrize("command", COMMANDS + README_COMMANDS, ids=lambda c: " ".join(c[:3]))
 def test_every_walkthrough_command_accepts_model_tiny_appended(command):
     args = PARSE[command[0]](command[1:] + ["--model", "tiny"])
     assert args.model == "tiny"

@@ -9,7 +9,7 @@ from typing import Callable, NoReturn
 from sdtoolkit.core import checks
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import EXPECTED, one_line
-from sdtoolkit.core.settings import AttnPairing, EditType, InversionMethod, InvertConfig, Schedule
+from sdtoolkit.core.settings import TAU_NAMES, AttnPairing, EditType, InversionMethod, InvertConfig, Schedule
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the toolkit's error convention: a bad flag prints ONE line, ``prog: error: …``, and exits 2
@@ -82,6 +82,10 @@ FLAGS: dict[str, dict] = {
 }
 """Every flag shared by two or more CLIs, defined once (a CLI may change its default or help, e.g. the taus'
 defaults are each reference script's); each flag's name is the setting's name from flag to function."""
+
+
+TAU_FLAGS = tuple(f"--{name}" for name in TAU_NAMES)
+"""The editing fractions' flags (their definitions: :data:`FLAGS`)."""
 
 
 def add_flags(group, *names: str, defaults: dict | None = None, helps: dict | None = None, **extra) -> None:

@@ -17,7 +17,11 @@ from sdtoolkit.cli import flags as cli
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_name, check_writable_dir
-from sdtoolkit.core.settings import EditConfig, EditType, Taus
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType
+
+
+ATTENTION_TAUS = tuple(name for name in TAU_NAMES if name != "tau_v")
+"""The taus of a generated edit: all but tau_v (nothing is inverted)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_flags(p, "--prompt", "--target", required=True)
     # --seed here is a list (the reference p2plus.py's): one generated image per seed
     p.add_argument("--seed", default="[2720,]", help="seeds, e.g. [0,1,2] or 0,1 (default: the reference's)")
-    cli.add_flags(p, "--tau_c", "--tau_s", "--tau_u", "--blend_word", "--eq_params",
+    cli.add_flags(p, *(f"--{name}" for name in ATTENTION_TAUS), "--blend_word", "--eq_params",
                   defaults={"tau_c": "[.8,]", "tau_s": "[.4,]", "tau_u": "[.5,]"})  # the reference p2plus.py's
     cli.add_flags(p, "--edit_type", choices=[EditType.REPLACEMENT.value, EditType.REFINEMENT.value])
     cli.add_model_flags(p, compile_flag=False, image_encoder=False, training=False)
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_dir(args.outdir, "--outdir")
 
     edit = EditConfig(
-        target=args.target, edit_type=args.edit_type, tau_v=[0.0], tau_c=values.fraction_list(args.tau_c, "--tau_c"),
-        tau_s=values.fraction_list(args.tau_s, "--tau_s"), tau_u=values.fraction_list(args.tau_u, "--tau_u"),
+        target=args.target, edit_type=args.edit_type, tau_v=[0.0],  # nothing inverted: no learned value input
+        **values.tau_lists(lambda name: getattr(args, name), ATTENTION_TAUS),
         blend_word=values.blend_words(args.blend_word), eq_params=values.eq_params(args.eq_params), outdir=args.outdir,
     )
     from tqdm.auto import tqdm
@@ -86,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(model, args.device, args.dtype, **cli.load_kwargs(args))
     checks.validate_edit(args.prompt, edit, models.tokenizer)
     generator = Generator(models, args.prompt, edit, args.num_ddim_steps, args.guidance_scale, args.resolution)
-    jobs = list(itertools.product(seed_list, edit.tau_c, edit.tau_s, edit.tau_u))
-    for seed, c, s, u in tqdm(jobs, desc="seed × tau combinations"):
-        taus = Taus(0.0, c, s, u)
+    jobs = list(itertools.product(seed_list, edit.combinations()))
+    for seed, taus in tqdm(jobs, desc="seed × tau combinations"):
         source, edited = generator.edit_seed(seed, taus)
         folder = Path(args.outdir) / folder_name(seed, args.target)
         stem = taus.stem().split("-", 1)[1]  # without tau_v: generated images have no inversion
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         save_image(folder / f"grid_img-{stem}.png", image_grid([source, edited]))
         write_json(folder / f"edited_img-{stem}.json", {"prompt": args.prompt, "seed": seed, "model": models.model_id,
                    "num_ddim_steps": args.num_ddim_steps, "guidance_scale": args.guidance_scale, "edit": asdict(edit),
-                   "tau": {"tau_c": c, "tau_s": s, "tau_u": u}, "versions": versions()})
+                   "tau": taus.attention(), "versions": versions()})
     print(f"wrote {len(jobs)} edits under {args.outdir}")
     return 0
 

@@ -46,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_flags(p, "--num_ddim_steps", "--num_inner_steps", "--num_epoch", "--schedule", "--guidance_scale",
                   defaults={"num_ddim_steps": 50}, helps={"num_ddim_steps": "DDIM steps T (PIE-Bench's 50)"})
     # one value each (PIE-Bench's StyleDiffusion row: .5 / .6 / .6 / 0)
-    cli.add_flags(p, "--tau_v", "--tau_c", "--tau_s", "--tau_u",
-                  defaults={"tau_v": 0.5, "tau_c": 0.6, "tau_s": 0.6, "tau_u": 0.0})
+    cli.add_flags(p, *cli.TAU_FLAGS, defaults=PieSettings(model="").taus.as_dict())
     p.add_argument("--use_annotation_mask", action="store_true",
                    help="mask-allowed track: the annotation mask replaces LocalBlend's attention mask")
     p.add_argument("--blend_from_brackets", action="store_true", help="the [bracketed] words become the blend words")
@@ -62,17 +61,18 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
     """Checked settings from the parsed flags."""
     inv = cli.invert_config(args, checks.model_id(args.model, args.sd_version), prompt="", image_path="",
                             inversion=args.method, method_flag="--method")
-    taus = [one_value(values.fraction_list(getattr(args, f"tau_{n}"), f"--tau_{n}"), f"--tau_{n}") for n in "vcsu"]
+    taus = {name: one_value(items, f"--{name}")
+            for name, items in values.tau_lists(lambda name: getattr(args, name)).items()}
     checks.check_size(args.resolution, False)
     return PieSettings(model=inv.model, method=inv.inversion, num_ddim_steps=inv.num_ddim_steps,
                        num_inner_steps=inv.num_inner_steps, num_epoch=inv.num_epoch,
-                       guidance_scale=inv.guidance_scale, taus=Taus(*taus), use_annotation_mask=args.use_annotation_mask,
+                       guidance_scale=inv.guidance_scale, taus=Taus(**taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
                        replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
                        seed=inv.seed, resolution=inv.resolution, keep_aspect=inv.keep_aspect, schedule=inv.schedule)
 
 
-def one_value(items: list[float], flag: str) -> float:
+def one_value(items: list, flag: str) -> float:
     """The single value of a tau flag (a PIE-Bench run edits every case with one setting)."""
     if len(items) != 1:
         raise UsageError(f"{flag} {items}: pie_bench.py takes one value per tau (run once per setting)")

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "--num_epoch", "--schedule", "--w_attnloss", "--attn_pairing", "--seed", "--model_dir", "--overwrite")
     g = p.add_argument_group("editing")
     # the reference stylediffusion.py's defaults; its README recommends .5/.6/.6/0 (README "Recommended settings")
-    cli.add_flags(g, "--target", "--tau_v", "--tau_c", "--tau_s", "--tau_u", "--blend_word", "--eq_params")
+    cli.add_flags(g, "--target", *cli.TAU_FLAGS, "--blend_word", "--eq_params")
     g.add_argument("--blend_mask", default=None, metavar="PATH",
                    help="mask image (white = may change, cropped/resized as the input) used instead of the blend "
                         "words' attention mask by LocalBlend")
@@ -45,9 +45,8 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
                          "Replacement or Refinement")
     inv = cli.invert_config(args, model)
     edit = EditConfig(
-        target=args.target, edit_type=edit_type, tau_v=values.fraction_list(args.tau_v, "--tau_v"),
-        tau_c=values.fraction_list(args.tau_c, "--tau_c"), tau_s=values.fraction_list(args.tau_s, "--tau_s"),
-        tau_u=values.fraction_list(args.tau_u, "--tau_u"), blend_word=values.blend_words(args.blend_word),
+        target=args.target, edit_type=edit_type, **values.tau_lists(lambda name: getattr(args, name)),
+        blend_word=values.blend_words(args.blend_word),
         eq_params=values.eq_params(args.eq_params), outdir=args.outdir, blend_mask=args.blend_mask,
         baselines=args.baselines,
     )

@@ -26,6 +26,8 @@ from sdtoolkit.jobs.cases import read_cases, resolve_image
 
 TRAIN_COLUMNS = ("case_number", "prompt", "image_path")
 EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "tau_c", "tau_s", "tau_u", "edit_type")
+"""The reference's editing CSV columns; a tau column added later is optional (its EditConfig default)."""
+DEFAULT_TAUS = EditConfig(target=None).tau_lists()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +62,8 @@ def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool, templa
             if editing:
                 edit = EditConfig(
                     target=r["target"], edit_type=r["edit_type"].strip() or EditType.REPLACEMENT,
-                    tau_v=values.fraction_list(r["tau_v"], "tau_v"), tau_c=values.fraction_list(r["tau_c"], "tau_c"),
-                    tau_s=values.fraction_list(r["tau_s"], "tau_s"), tau_u=values.fraction_list(r["tau_u"], "tau_u"),
+                    **values.tau_lists(lambda name: r[name] if name in r.index else DEFAULT_TAUS[name],
+                                       flag=lambda name: name),
                     blend_word=values.blend_words(r["blend_word"]), eq_params=values.eq_params(r["eq_params"]),
                     outdir=str(Path(args.save_path) / Path(args.prompts_path).stem),
                 )

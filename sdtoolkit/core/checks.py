@@ -9,7 +9,7 @@ from pathlib import Path
 from sdtoolkit.core.constants import DEFAULT_KEY, MAX_ASPECT, MAX_DDIM_STEPS, MAX_SIDE, SD_VERSIONS, SEED_RANGE
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.paths import check_name, check_writable_dir
-from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, to_enum
+from sdtoolkit.core.settings import PER_WORD_TAUS, EditConfig, EditType, InversionMethod, InvertConfig, to_enum
 
 
 def check_image(image_path: str, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
@@ -185,14 +185,13 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
     from sdtoolkit.core.words import find_word_tokens, prompt_tokens, word_spans  # torch: not at CLI start-up
 
     check_prompt(prompt, tokenizer, is_1word)
-    for name in ("tau_v", "tau_s", "tau_u"):
-        check_fractions(getattr(edit, name), f"--{name}")
-    per_word = [v for v in edit.tau_c if isinstance(v, Mapping)]
-    numbers = [v for v in edit.tau_c if not isinstance(v, Mapping)]
-    if numbers or not per_word:
-        check_fractions(numbers, "--tau_c")
-    for value in per_word:
-        check_per_word(value, "--tau_c")
+    per_word = []  # (name, {word: fraction}) of the taus given per word
+    for name, items in edit.tau_lists().items():
+        words = [v for v in items if isinstance(v, Mapping)] if name in PER_WORD_TAUS else []
+        numbers = [v for v in items if not isinstance(v, Mapping)] if words else items
+        if numbers or not words:
+            check_fractions(numbers, f"--{name}")
+        per_word += [(name, check_per_word(v, f"--{name}")) for v in words]
     if edit.edit_type is EditType.STORE_ATTN:
         return
     check_target_given(edit.target, edit.edit_type)
@@ -210,7 +209,7 @@ def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = Fal
         groups += [(edit.target, w, "--blend_word target") for w in edit.blend_word[1]]
     if edit.eq_params:
         groups += [(edit.target, w, "--eq_params") for w in edit.eq_params[0]]
-    groups += [(edit.target, w, "--tau_c") for value in per_word for w in value if w != DEFAULT_KEY]
+    groups += [(edit.target, w, f"--{name}") for name, value in per_word for w in value if w != DEFAULT_KEY]
     for text, word, what in groups:
         try:
             find_word_tokens(text, word, tokenizer)

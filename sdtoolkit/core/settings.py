@@ -9,7 +9,7 @@ import enum
 import itertools
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,31 +87,48 @@ def to_enum(kind: type[enum.StrEnum], value: str, flag: str) -> enum.StrEnum:
         raise UsageError(f"{flag} {value!r} is not one of {', '.join(m.value for m in kind)}") from None
 
 
+def _tau_text(value: float | Mapping) -> str:
+    """A tau in a file stem: ``0.6``; per word ``default_0.6_tiger0.3`` (a (start, end) pair as ``0.1:0.5``)."""
+    if not isinstance(value, Mapping):
+        return str(float(value))
+    return "_".join(f"{word}{':'.join(str(float(x)) for x in v) if isinstance(v, tuple) else float(v)}"
+                    for word, v in value.items())
+
+
 @dataclass(frozen=True)
 class Taus:
-    """One combination of the editing fractions (docs/method.md §4): tau_v (learned value input on the target),
-    tau_c (cross-attention), tau_s (conditional self-attention), tau_u (unconditional self-attention, P2Plus)."""
+    """One combination of the editing fractions (docs/method.md §4): tau_v (learned value input on the target, the
+    sampler's), tau_c (cross-attention; also per word, prompt-to-prompt's dict), tau_s (conditional
+    self-attention), tau_u (unconditional self-attention, P2Plus). Each field's name is its flag's, its
+    :class:`EditConfig` list's and its keyword of the attention controller (every one but tau_v): a new tau-like
+    setting is a field here and in :class:`EditConfig`, its flag (``cli/flags.FLAGS``) and the code that uses it."""
 
-    v: float
-    c: float | Mapping[str, float | tuple[float, float]]  # or per word, prompt-to-prompt's dict ("default_": the rest)
-    s: float
-    u: float
+    tau_v: float
+    tau_c: float | Mapping[str, float | tuple[float, float]]
+    tau_s: float
+    tau_u: float
 
     def stem(self) -> str:
-        """The reference's file stem, e.g. ``tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5`` (a per-word tau_c as
-        ``tau_cdefault_0.6_tiger0.3``)."""
-        c = float(self.c) if not isinstance(self.c, Mapping) else "_".join(
-            f"{word}{':'.join(str(float(x)) for x in v) if isinstance(v, tuple) else float(v)}"
-            for word, v in self.c.items())
-        return f"tau_v{float(self.v)}-tau_c{c}-tau_s{float(self.s)}-tau_u{float(self.u)}"
+        """The reference's file stem, e.g. ``tau_v0.6-tau_c0.6-tau_s0.8-tau_u0.5``."""
+        return "-".join(f"{name}{_tau_text(value)}" for name, value in self.as_dict().items())
 
     def as_dict(self) -> dict[str, float]:
-        return {"tau_v": self.v, "tau_c": self.c, "tau_s": self.s, "tau_u": self.u}
+        return {name: getattr(self, name) for name in TAU_NAMES}
+
+    def attention(self) -> dict[str, float]:
+        """The taus the attention controller reads (keywords of ``P2PController``): all but tau_v."""
+        return {name: value for name, value in self.as_dict().items() if name != "tau_v"}
 
     def value_mapped(self, step: int, num_steps: int) -> bool:
         """The target's value input is the learned one at sampling step i while ``i < T·tau_v`` (a float
         comparison, as the reference: tau_v .55 with T = 30 maps 17 steps; docs/method.md §4)."""
-        return step < num_steps * self.v
+        return step < num_steps * self.tau_v
+
+
+TAU_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Taus))
+"""The editing fractions, in the reference's order (file stems, sweeps)."""
+PER_WORD_TAUS = ("tau_c",)
+"""The taus that may be given per word (prompt-to-prompt's cross-attention dict)."""
 
 
 @dataclass(frozen=True)
@@ -239,8 +256,12 @@ class EditConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "--edit_type"))
 
+    def tau_lists(self) -> dict[str, list]:
+        return {name: getattr(self, name) for name in TAU_NAMES}
+
     def combinations(self) -> list[Taus]:
-        return [Taus(*combo) for combo in itertools.product(self.tau_v, self.tau_c, self.tau_s, self.tau_u)]
+        """Every combination of the tau lists, the first tau outermost (the reference's file order)."""
+        return [Taus(*combo) for combo in itertools.product(*self.tau_lists().values())]
 
     def folder(self, index: int | str, prompt: str) -> Path:
         """``{outdir}/{index} {target}`` (the source prompt for StoreAttn), as the reference names it."""

@@ -8,10 +8,11 @@ also per word, ``{"tiger": 0.3, "default_": 0.6}`` (prompt-to-prompt's per-word 
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from sdtoolkit.core.checks import check_fractions, check_per_word
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.settings import PER_WORD_TAUS, TAU_NAMES
 
 Words = tuple[tuple[str, ...], tuple[str, ...]]
 """(source words, target words): the blend words."""
@@ -49,6 +50,14 @@ def cross_fractions(value: object, what: str = "tau_c") -> list:
     if items is None:
         return fraction_list(value, what)
     return [check_per_word(v, what) if isinstance(v, Mapping) else fraction_list(v, what)[0] for v in items]
+
+
+def tau_lists(get: Callable[[str], object], names: Sequence[str] = TAU_NAMES,
+              flag: Callable[[str], str] = lambda name: f"--{name}") -> dict[str, list]:
+    """Every tau of ``names`` as a checked list, ``get(name)`` giving its text or value (a flag, a CSV cell, a
+    Python value); the per-word taus (:data:`PER_WORD_TAUS`) may hold dicts."""
+    return {name: (cross_fractions if name in PER_WORD_TAUS else fraction_list)(get(name), flag(name))
+            for name in names}
 
 
 def _word_group(value, what: str, text: str) -> tuple[str, ...]:

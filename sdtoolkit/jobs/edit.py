@@ -86,7 +86,7 @@ def build_controller(models: SDModels, prompt: str, edit: EditConfig, num_steps:
         alphas = blend_word_alphas(prompts, edit.blend_word, tok)
         blend = LocalBlend(alphas, start_step=int(0.2 * num_steps))
     return P2PController(prompts, tok, num_steps, models.layers(), models.latent_size, edit.edit_type,
-                         tau_c=taus.c, tau_s=taus.s, tau_u=taus.u, equalizer=equalizer, local_blend=blend)
+                         equalizer=equalizer, local_blend=blend, **taus.attention())
 
 
 def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig, taus: Taus, texts: torch.Tensor,

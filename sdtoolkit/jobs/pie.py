@@ -123,7 +123,7 @@ def case_edit(case: PieCase, settings: PieSettings, tokenizer) -> EditConfig:
     edit = EditConfig(target=case.target_prompt,
                       edit_type=choose_edit_type(case.source_prompt, case.target_prompt, settings.replacement_rule,
                                                  tokenizer),
-                      tau_v=[t.v], tau_c=[t.c], tau_s=[t.s], tau_u=[t.u], blend_word=blend)
+                      blend_word=blend, **{name: [value] for name, value in t.as_dict().items()})
     try:
         validate_edit(case.source_prompt, edit, tokenizer)
     except UsageError as err:
