@@ -80,6 +80,12 @@ class StepPlan:
         return None
 
 
+def starts_from_text(schedule: Schedule) -> bool:
+    """Whether StyleDiffusion's M_0 starts as the identity on the text (c̃ = c) instead of the default init: the
+    fast schedule's start, which puts step 0's first loss ≈ 10× lower on the toy model (docs/method.md §3a)."""
+    return Schedule(schedule) is Schedule.FAST
+
+
 def step_plan(schedule: Schedule, num_inner_steps: int, i: int, decaying: bool = True,
               early_stop: bool = True) -> StepPlan:
     """The plan of sampling step i. ``decaying``: StyleDiffusion's n_i = ⌈N·e^(−0.1 i)⌉ cap (null-text and
