@@ -9,12 +9,13 @@ per ``window`` iterations.
   first iteration whose loss is below 1e-5 + i·2e-5 (exactly: a stop found later in the window rewinds the
   parameters to that iteration).
 * ``fast`` (our schedule, measured in the README's "Speed" section): the same caps and learning rate, with
-  two changes (the plateau replaces the absolute threshold). (1) From step 1 on the learning rate warms up linearly over the first
+  three changes (the plateau replaces the absolute threshold). (0) M_0 starts as the identity on the text
+  (:func:`starts_from_text`). (1) From step 1 on the learning rate warms up linearly over the first
   ``warmup`` iterations: M_i starts as a copy of the trained M_{i−1}, and a fresh Adam's first update moves
   every weight by ≈ lr, which on the toy model raises the loss several-fold and costs the reference 20–30
   iterations per step to recover. (2) The step stops when the loss stops improving: once the best loss of the
   last ``window`` iterations is not ``plateau`` (relatively) below the best before it (windows of 5 at
-  step 0, of 3 after).
+  step 0, of 2 after).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from sdtoolkit.core.settings import Schedule
 
 FAST_WINDOW_FIRST = 5
 """Iterations between two looks at the loss at step 0 of the fast schedule (M_0 starts from the default init)."""
-FAST_WINDOW = 3
+FAST_WINDOW = 2
 """Iterations between two looks at the loss from step 1 on in the fast schedule (the plateau test compares windows)."""
-FAST_WARMUP = 3
-"""Iterations over which the fast schedule's learning rate ramps up (lr/3, 2lr/3, lr) from step 1 on."""
+FAST_WARMUP = 2
+"""Iterations over which the fast schedule's learning rate ramps up (lr/2, lr) from step 1 on."""
 FAST_PLATEAU = 0.05
 """The fast schedule stops step i when its last window's best loss is less than 5 % below the best before."""
 REFERENCE_WINDOW = 10
