@@ -124,6 +124,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("fast schedule: plateau reads the last loss, not the window's best", "sdtoolkit/core/schedules.py",
            "now = min(losses[-self.window:])", "now = losses[-1]",
            (SCHEDULES,)),
+    Mutant("fast schedule: no floor on the last steps", "sdtoolkit/core/schedules.py",
+           "StepPlan(max(cap, FAST_FLOOR),", "StepPlan(cap,", (SCHEDULES,)),
     Mutant("fast schedule: M_0 keeps the default init", "sdtoolkit/methods/training.py",
            "    if starts_from_text(settings.schedule):\n", "    if False:\n",
            (f"{SCHEDULES}::test_training_starts_M0_from_the_text_only_in_the_fast_schedule",)),

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.schedules import (
+    FAST_FLOOR,
     FAST_PLATEAU,
     FAST_WARMUP,
     FAST_WINDOW,
@@ -48,8 +49,16 @@ def test_fast_plan_keeps_the_caps_and_adds_warmup_and_plateau():
     assert plan.stop_below is None
     assert [plan.lr_at(j) / plan.lr for j in range(FAST_WARMUP + 1)] == pytest.approx(
         [(j + 1) / FAST_WARMUP for j in range(FAST_WARMUP)] + [1.0])
-    first = step_plan(Schedule.FAST, 100, 0)  # step 0 starts from the default init: the reference's lr
+    first = step_plan(Schedule.FAST, 100, 0)  # step 0 starts from the text, no copy of a trained M: no warm-up
     assert first.warmup == 0 and first.window == FAST_WINDOW_FIRST
+
+
+def test_fast_plan_runs_at_least_the_floor_from_step_1():
+    """The published cap is 1-2 for steps 40-49 of T = 50; the fast schedule runs FAST_FLOOR there."""
+    assert [step_plan(Schedule.REFERENCE, 100, i).iterations for i in (40, 47, 49)] == [2, 1, 1]
+    assert [step_plan(Schedule.FAST, 100, i).iterations for i in (40, 47, 49)] == [FAST_FLOOR] * 3
+    assert step_plan(Schedule.FAST, 100, 30).iterations == inner_steps(100, 30) > FAST_FLOOR
+    assert step_plan(Schedule.FAST, 2, 0).iterations == 2  # step 0 keeps its cap
 
 
 def test_stops_first_iteration_under_the_threshold():
