@@ -124,6 +124,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("fast schedule: plateau reads the last loss, not the window's best", "sdtoolkit/core/schedules.py",
            "now = min(losses[-self.window:])", "now = losses[-1]",
            (SCHEDULES,)),
+    Mutant("fast schedule: no floor on the last steps", "sdtoolkit/core/schedules.py",
+           "StepPlan(max(cap, FAST_FLOOR),", "StepPlan(cap,", (SCHEDULES,)),
+    Mutant("fast schedule: M_0 keeps the default init", "sdtoolkit/methods/training.py",
+           "    if starts_from_text(settings.schedule):\n", "    if False:\n",
+           (f"{SCHEDULES}::test_training_starts_M0_from_the_text_only_in_the_fast_schedule",)),
     # issue 22: what each method computes
     Mutant("attention-map loss weighted 0", "sdtoolkit/methods/training.py",
            "loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())",
@@ -211,7 +216,7 @@ def check_patch(root: Path, m: Mutant) -> str | None:
 def run_tests(root: Path, tests: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-n", "0", "-p", "no:cacheprovider", *tests], cwd=root,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 

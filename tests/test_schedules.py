@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.schedules import (
+    FAST_FLOOR,
     FAST_PLATEAU,
     FAST_WARMUP,
     FAST_WINDOW,
@@ -18,9 +19,13 @@ from sdtoolkit.core.schedules import (
     learning_rate,
     step_plan,
 )
+from sdtoolkit.core.mapping import MappingNetworks
 from sdtoolkit.core.settings import InvertConfig, Schedule
+from sdtoolkit.jobs.invert import invert
+from sdtoolkit.methods import training
 from sdtoolkit.methods.sampler import NonFiniteError
 from sdtoolkit.methods.training import optimise_step
+from conftest import CAT
 
 
 def test_reference_plan_is_the_published_schedule():
@@ -44,8 +49,16 @@ def test_fast_plan_keeps_the_caps_and_adds_warmup_and_plateau():
     assert plan.stop_below is None
     assert [plan.lr_at(j) / plan.lr for j in range(FAST_WARMUP + 1)] == pytest.approx(
         [(j + 1) / FAST_WARMUP for j in range(FAST_WARMUP)] + [1.0])
-    first = step_plan(Schedule.FAST, 100, 0)  # step 0 starts from the default init: the reference's lr
+    first = step_plan(Schedule.FAST, 100, 0)  # step 0 starts from the text, no copy of a trained M: no warm-up
     assert first.warmup == 0 and first.window == FAST_WINDOW_FIRST
+
+
+def test_fast_plan_runs_at_least_the_floor_from_step_1():
+    """The published cap is 1-2 for steps 40-49 of T = 50; the fast schedule runs FAST_FLOOR there."""
+    assert [step_plan(Schedule.REFERENCE, 100, i).iterations for i in (40, 47, 49)] == [2, 1, 1]
+    assert [step_plan(Schedule.FAST, 100, i).iterations for i in (40, 47, 49)] == [FAST_FLOOR] * 3
+    assert step_plan(Schedule.FAST, 100, 30).iterations == inner_steps(100, 30) > FAST_FLOOR
+    assert step_plan(Schedule.FAST, 2, 0).iterations == 2  # step 0 keeps its cap
 
 
 def test_stops_first_iteration_under_the_threshold():
@@ -109,3 +122,30 @@ def test_fast_schedule_names_its_own_file_and_command():
     assert "--schedule fast" in fast.train_command() and "--schedule" not in ref.train_command()
     with pytest.raises(Exception, match="--schedule"):
         InvertConfig(prompt="a", image_path="x", model="tiny", schedule="quick")
+
+
+def test_start_from_text_makes_M0_the_identity_on_the_text():
+    nets = MappingNetworks(3, num_image_tokens=5, max_length=4, image_width=8, text_width=8)
+    nets.start_from_text()
+    text, feats = torch.randn(2, 4, 8), torch.randn(1, 5, 8)
+    assert torch.equal(nets.value_input(0, feats, text), text)
+    assert not torch.equal(nets.value_input(1, feats, text), text)  # only M_0; M_i copies M_{i-1} when trained
+
+
+@pytest.mark.parametrize("schedule", list(Schedule))
+def test_training_starts_M0_from_the_text_only_in_the_fast_schedule(tiny, tmp_path, monkeypatch, schedule):
+    """The reference keeps M_0's default init (docs/method.md §3); the fast schedule starts it as c̃ = c (§3a)."""
+    first = {}
+
+    def record(step_loss, optimizer, params, plan, i, *rest):
+        if i == 0:
+            first["weight"], first["bias"] = params[-2].detach().clone(), params[-1].detach().clone()
+        return 0
+
+    monkeypatch.setattr(training, "optimise_step", record)
+    cfg = InvertConfig(prompt="a cat", image_path=CAT, model="tiny", index=1, num_ddim_steps=2, num_inner_steps=1,
+                       schedule=schedule, model_dir=str(tmp_path))
+    invert(tiny, cfg, progress=False)
+    length = tiny.max_length
+    starts = bool(first["weight"].eq(0).all() and first["bias"][:length].eq(1).all() and first["bias"][length:].eq(0).all())
+    assert starts is (schedule is Schedule.FAST)

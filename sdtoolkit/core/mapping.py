@@ -63,6 +63,15 @@ class MappingNetworks(nn.Module):
         proj = self.nets[0].proj
         return "none" if proj is None else f"projection {proj.in_features}->{proj.out_features}"
 
+    def start_from_text(self) -> None:
+        """Make M_0 output s = 1 and b = 0 for every input (its last layer's weight 0, bias 1 on the scale rows), so
+        c̃ = c before training: the fast schedule's start (docs/method.md §3a); the reference keeps the default init."""
+        last = self.nets[0].net[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[: self.max_length] = 1.0
+
     def init_from_previous(self, i: int) -> None:
         """M_i starts as a copy of M_{i-1} (M_0 keeps its default initialisation)."""
         if i > 0:

@@ -9,12 +9,13 @@ per ``window`` iterations.
   first iteration whose loss is below 1e-5 + i·2e-5 (exactly: a stop found later in the window rewinds the
   parameters to that iteration).
 * ``fast`` (our schedule, measured in the README's "Speed" section): the same caps and learning rate, with
-  two changes (the plateau replaces the absolute threshold). (1) From step 1 on the learning rate warms up linearly over the first
+  four changes (the plateau replaces the absolute threshold). (1) M_0 starts as the identity on the text
+  (:func:`starts_from_text`). (2) From step 1 on the learning rate warms up linearly over the first
   ``warmup`` iterations: M_i starts as a copy of the trained M_{i−1}, and a fresh Adam's first update moves
   every weight by ≈ lr, which on the toy model raises the loss several-fold and costs the reference 20–30
-  iterations per step to recover. (2) The step stops when the loss stops improving: once the best loss of the
+  iterations per step to recover. (3) The step stops when the loss stops improving: once the best loss of the
   last ``window`` iterations is not ``plateau`` (relatively) below the best before it (windows of 5 at
-  step 0, of 3 after).
+  step 0, of 2 after). (4) From step 1 on every step runs at least :data:`FAST_FLOOR` iterations.
 """
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ from sdtoolkit.core.settings import Schedule
 
 FAST_WINDOW_FIRST = 5
 """Iterations between two looks at the loss at step 0 of the fast schedule (M_0 starts from the default init)."""
-FAST_WINDOW = 3
+FAST_WINDOW = 2
 """Iterations between two looks at the loss from step 1 on in the fast schedule (the plateau test compares windows)."""
-FAST_WARMUP = 3
-"""Iterations over which the fast schedule's learning rate ramps up (lr/3, 2lr/3, lr) from step 1 on."""
+FAST_WARMUP = 2
+"""Iterations over which the fast schedule's learning rate ramps up (lr/2, lr) from step 1 on."""
+FAST_FLOOR = 3
+"""From step 1 on the fast schedule runs at least this many iterations per step: the published cap falls to 1–2
+for the last ten steps of T = 50, which set the final reconstruction."""
 FAST_PLATEAU = 0.05
 """The fast schedule stops step i when its last window's best loss is less than 5 % below the best before."""
 REFERENCE_WINDOW = 10
@@ -80,6 +84,12 @@ class StepPlan:
         return None
 
 
+def starts_from_text(schedule: Schedule) -> bool:
+    """Whether StyleDiffusion's M_0 starts as the identity on the text (c̃ = c) instead of the default init: the
+    fast schedule's start, which puts step 0's first loss ≈ 10× lower on the toy model (docs/method.md §3a)."""
+    return Schedule(schedule) is Schedule.FAST
+
+
 def step_plan(schedule: Schedule, num_inner_steps: int, i: int, decaying: bool = True,
               early_stop: bool = True) -> StepPlan:
     """The plan of sampling step i. ``decaying``: StyleDiffusion's n_i = ⌈N·e^(−0.1 i)⌉ cap (null-text and
@@ -89,4 +99,4 @@ def step_plan(schedule: Schedule, num_inner_steps: int, i: int, decaying: bool =
         return StepPlan(cap, learning_rate(i), early_stop_threshold(i) if early_stop else None, None, REFERENCE_WINDOW)
     if i == 0:
         return StepPlan(cap, learning_rate(i), None, FAST_PLATEAU, FAST_WINDOW_FIRST)
-    return StepPlan(cap, learning_rate(i), None, FAST_PLATEAU, FAST_WINDOW, FAST_WARMUP)
+    return StepPlan(max(cap, FAST_FLOOR), learning_rate(i), None, FAST_PLATEAU, FAST_WINDOW, FAST_WARMUP)

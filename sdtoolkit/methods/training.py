@@ -18,7 +18,7 @@ from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, map_layers, 
 from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
 from sdtoolkit.core.mapping import MappingNetworks
 from sdtoolkit.core.models import SDModels
-from sdtoolkit.core.schedules import StepPlan, step_plan
+from sdtoolkit.core.schedules import StepPlan, starts_from_text, step_plan
 from sdtoolkit.core.settings import AttnPairing, TrainSettings
 from sdtoolkit.methods.sampler import NonFiniteError, check_finite
 
@@ -140,6 +140,8 @@ def train_mapping(
     num = schedule.num_steps
     names = frozenset(l.name for l in map_layers(models.layers()))
     mapping = MappingNetworks(num, features.shape[1], models.max_length, features.shape[2], models.text_width)
+    if starts_from_text(settings.schedule):
+        mapping.start_from_text()
     mapping = mapping.to(models.device)
     text = text.float()
     log = TrainLog()
