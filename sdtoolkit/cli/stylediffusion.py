@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_flags(p.add_argument_group("training"), "--num_ddim_steps", "--guidance_scale", "--num_inner_steps",
                   "--num_epoch", "--schedule", "--w_attnloss", "--attn_pairing", "--seed", "--model_dir", "--overwrite")
     g = p.add_argument_group("editing")
-    # the reference stylediffusion.py's defaults; its README recommends .5/.6/.6/0 (README "Recommended settings")
+    # the reference stylediffusion.py's defaults; its README recommends .5/.6/.6/0 (docs/cli.md "Flags")
     cli.add_flags(g, "--target", *cli.TAU_FLAGS, "--blend_word", "--eq_params")
     g.add_argument("--blend_mask", default=None, metavar="PATH",
                    help="mask image (white = may change, cropped/resized as the input) used instead of the blend "

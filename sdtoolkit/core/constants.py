@@ -10,7 +10,7 @@ SD_VERSIONS: dict[str, str] = {
 # OpenAI CLIP's image normalisation (its preprocessing config), used by the image encoder E(x)
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-# bounds checked at the door (README "Flags"): the DDIM schedule subsamples the 1000 training timesteps of every
+# bounds checked at the door (docs/cli.md "Errors and bounds"): the DDIM schedule subsamples the 1000 training timesteps of every
 # supported model; model inputs larger than 2048 px a side or more elongated than 4:1 are refused before allocating
 MAX_DDIM_STEPS = 1000
 MAX_SIDE = 2048

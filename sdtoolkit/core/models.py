@@ -44,7 +44,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | None) -> torch.dtype:
     """Precision of the networks: fp32 everywhere by default, as the reference (bf16 measured to lose
-    reconstruction: README "Precision"); ``bf16`` / ``fp16`` on request."""
+    reconstruction: docs/backbones.md "Precision"); ``bf16`` / ``fp16`` on request."""
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if dtype in (None, "auto"):
         return torch.float32

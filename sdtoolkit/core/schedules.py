@@ -8,7 +8,7 @@ per ``window`` iterations.
   text-embedding inversion: N every step; Adam anew each step with lr 0.01·(1 − i/100); stop after the
   first iteration whose loss is below 1e-5 + i·2e-5 (exactly: a stop found later in the window rewinds the
   parameters to that iteration).
-* ``fast`` (our schedule, measured in the README's "Speed" section): the same caps and learning rate, with
+* ``fast`` (our schedule, measured in docs/backbones.md, "Speed: schedules"): the same caps and learning rate, with
   four changes (the plateau replaces the absolute threshold). (1) M_0 starts as the identity on the text
   (:func:`starts_from_text`). (2) From step 1 on the learning rate warms up linearly over the first
   ``warmup`` iterations: M_i starts as a copy of the trained M_{i−1}, and a fresh Adam's first update moves
