@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,9 +28,10 @@ from sdtoolkit.control.controllers import Recording, show_cross_attention
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
-from sdtoolkit.core.images import as_pil, image_grid, load_mask, tensor_to_pil
+from sdtoolkit.core.io import save_image
+from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
-from sdtoolkit.core.models import SDModels, load_models
+from sdtoolkit.core.models import SDModels, load_models, resolve_device
 from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Taus
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
@@ -108,8 +109,6 @@ class Edited:
 
     def save(self, folder: str | os.PathLike) -> list[Path]:
         """Write ``edited_img-{taus}.png`` and ``grid_img-{taus}.png`` (and the attention maps) into ``folder``."""
-        from sdtoolkit.core.io import save_image
-
         stem = self.taus.stem() if self.seed is None else f"seed{self.seed}-" + self.taus.stem().split("-", 1)[1]
         out = [save_image(Path(folder) / f"edited_img-{stem}.png", self.edited),
                save_image(Path(folder) / f"grid_img-{stem}.png", self.grid)]
@@ -214,14 +213,7 @@ class Model:
         if isinstance(mask, (str, os.PathLike)):
             checks.check_image(str(mask))
             return load_mask(mask, size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple)
-        from sdtoolkit.core.images import fit_image
-
-        grey = np.asarray(fit_image(as_pil(mask), size, *cfg.crop, keep_aspect=cfg.keep_aspect,
-                                    multiple=multiple).convert("L"), dtype=np.float32)
-        out = torch.from_numpy((grey >= 128).astype(np.float32))
-        if not out.any():
-            raise UsageError("mask has no white pixel: nothing could be edited (white = may change)")
-        return out
+        return binary_mask(fit_image(as_pil(mask), size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple))
 
     def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
              blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
@@ -321,8 +313,6 @@ class Model:
 def _settings(edit: EditConfig, cfg: InvertConfig) -> dict:
     """What an edit was made with (the CLI sidecar's ``edit`` and ``source`` entries; ``edit`` lists every tau of
     the sweep)."""
-    from dataclasses import asdict
-
     return {"edit": asdict(edit), "source": asdict(cfg)}
 
 
@@ -341,8 +331,7 @@ def ns_lpips(source: ImageLike, edited: ImageLike, background: ImageLike, mode: 
     """NS-LPIPS of one edit, as ``ns_lpips.py`` scores a case: LPIPS of the source and the edited image inside the
     ``background`` mask (white = must not change; storemask's bgmask), all resized to 256², ``mode`` "corrected"
     or "reference" (docs/differences.md). ``random_weights``: an offline random backbone (tests only)."""
-    from sdtoolkit.core.models import resolve_device
-    from sdtoolkit.evaluation import ns_lpips as nsl
+    from sdtoolkit.evaluation import ns_lpips as nsl  # lpips: imported when scoring
 
     if mode not in nsl.MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(nsl.MODES)}")
@@ -367,8 +356,7 @@ def pie_scores(source: ImageLike, edited: ImageLike, mask: ImageLike, source_pro
     """PIE-Bench's metrics of one edit (structure distance, PSNR / LPIPS / MSE / SSIM outside ``mask``, white =
     edited, resized to the source's size) and the CLIP similarities, as ``pie_metrics`` computes them per case.
     ``random_weights``: offline random backbones (tests only)."""
-    from sdtoolkit.core.models import resolve_device
-    from sdtoolkit.evaluation.pie_metrics import BackboneSettings, PieScorer
+    from sdtoolkit.evaluation.pie_metrics import BackboneSettings, PieScorer  # torchmetrics: imported when scoring
 
     src, out = (np.asarray(_pil(image).convert("RGB")) for image in (source, edited))
     grey = _pil(mask).convert("L").resize(src.shape[1::-1], Image.Resampling.NEAREST)

@@ -115,11 +115,17 @@ def load_mask(
 
     A pixel is 1 when its grey level is at least half white; a mask with no 1 is refused (it would edit nothing).
     """
-    grey = np.asarray(load_image(path, size, left, right, top, bottom, keep_aspect, multiple).convert("L"),
-                      dtype=np.float32)
+    return binary_mask(load_image(path, size, left, right, top, bottom, keep_aspect, multiple), repr(str(path)))
+
+
+def binary_mask(image: Image.Image, name: str = "") -> torch.Tensor:
+    """(H, W) 0/1 floats of a mask image already cropped and resized: 1 where its grey level is at least half
+    white; a mask with no 1 is refused (it would edit nothing)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
     mask = torch.from_numpy((grey >= 128).astype(np.float32))
     if not mask.any():
-        raise UsageError(f"mask {str(path)!r} has no white pixel: nothing could be edited (white = may change)")
+        raise UsageError(f"mask {name + ' ' if name else ''}has no white pixel: nothing could be edited (white = may "
+                         "change)")
     return mask
 
 
