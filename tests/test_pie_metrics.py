@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from sdtoolkit.jobs.pie_data import encode_mask, load_benchmark
+from sdtoolkit.cli.pie_metrics import console as main
 from sdtoolkit.evaluation.pie_metrics import (METRICS, BackboneSettings, OutputError, PieScorer, column, dino_input,
-                                              edited_panel, last_layer_keys, main)
+                                              edited_panel, last_layer_keys)
 
 SIZE = 32
 TINY = ["--offline_random_weights", "--random_size", "tiny", "--device", "cpu", "--quiet"]
