@@ -3,12 +3,12 @@ aimed at each; print which test caught it, exit 1 if a bug survives or a patch n
 
 Each mutant is an exact textual patch (``old`` must occur exactly once in its file, else the script FAILS: a
 patch that stopped applying after a refactor is reported instead of silently testing nothing). The copy holds the
-tracked files (``git ls-files``); tests run with ``PYTHONPATH`` set to the copy, one torch thread, offline.
-Maintained mutation tools (mutmut, cosmic-ray) generate thousands of operator mutants and rerun whole suites;
-this check wants a few named, plausible method bugs (wrong timestep, union vs intersection, off-by-one windows)
-with the tests aimed at each, in minutes on a CPU.
+tracked files (``git ls-files``); tests run with ``PYTHONPATH`` set to the copy, one torch thread, offline;
+``--jobs`` mutants run at once, each in its own copy. Maintained mutation tools (mutmut, cosmic-ray)
+generate thousands of operator mutants and rerun whole suites; this check wants a few named, plausible method
+bugs (wrong timestep, union vs intersection, off-by-one windows) with the tests aimed at each, in minutes on a CPU.
 
-    python scripts/mutation_check.py            # all mutants
+    python scripts/mutation_check.py            # all mutants, as many at once as the machine has cores
     python scripts/mutation_check.py --only tau_u   # those whose name contains "tau_u"
     python scripts/mutation_check.py --only SDXL --only v-prediction   # repeat --only: any of the texts
 """
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,11 +215,12 @@ def check_patch(root: Path, m: Mutant) -> str | None:
     return None if count == 1 else f"{m.path}: the text to replace occurs {count} times (want exactly 1)"
 
 
-def run_tests(root: Path, tests: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
+def run_tests(root: Path, tests: tuple[str, ...], timeout: int, workers: int = 0) -> subprocess.CompletedProcess:
+    """pytest on ``tests`` in ``root`` (stop at the first failure); ``workers`` > 0: that many xdist workers."""
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-n", "0", "-p", "no:cacheprovider", *tests], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-n", str(workers), "-p", "no:cacheprovider", *tests],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def failed_test(output: str) -> str:
@@ -260,29 +263,46 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the mutants whose name contains this text (repeat: any of the texts)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
     p.add_argument("--no_baseline", action="store_true", help="skip the unmutated run of the targeted tests")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="mutants tested at once, each in its own copy of the tree (one torch thread each)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        print(f"mutation_check: error: --jobs {args.jobs}: want at least 1", file=sys.stderr)
+        return 2
     mutants = [m for m in MUTANTS if args.only is None or any(text in m.name for text in args.only)]
     if not mutants:
         print(f"mutation_check: error: no mutant name contains any of {args.only!r}", file=sys.stderr)
         return 2
+    jobs = min(args.jobs, len(mutants))
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
-        root = Path(tmp)
-        tracked_copy(root)
+        roots: queue.Queue[Path] = queue.Queue()
+        for k in range(jobs):
+            tracked_copy(Path(tmp) / str(k))
+            roots.put(Path(tmp) / str(k))
+        root = Path(tmp) / "0"
         broken = [(m, why) for m in mutants if (why := check_patch(root, m))]
         for m, why in broken:
             print(f"PATCH FAILED: {m.name}: {why}", file=sys.stderr)
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
-            proc = run_tests(root, tests, args.timeout * 2)
+            proc = run_tests(root, tests, args.timeout * 2, workers=jobs if jobs > 1 else 0)
             if proc.returncode != 0:
                 print(f"the unmutated copy fails its targeted tests ({failed_test(proc.stdout)}):\n{proc.stdout[-2000:]}",
                       file=sys.stderr)
                 return 1
             print(f"baseline: targeted tests pass unmutated ({' '.join(tests)})", flush=True)
-        outcomes = []
-        for m in mutants:
-            outcomes.append(mutate(root, m, args.timeout))
-            print(f"{outcomes[-1].status:>12}  {m.name}  ({outcomes[-1].detail})", flush=True)
+
+        def one(m: Mutant) -> Outcome:
+            tree = roots.get()  # a copy no other mutant is using
+            try:
+                outcome = mutate(tree, m, args.timeout)
+            finally:
+                roots.put(tree)
+            print(f"{outcome.status:>12}  {m.name}  ({outcome.detail})", flush=True)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            outcomes = list(pool.map(one, mutants))
     print()
     print(table(outcomes))
     bad = [o for o in outcomes if o.status != "caught"]
