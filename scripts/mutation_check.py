@@ -131,6 +131,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("fast schedule: M_0 keeps the default init", "sdtoolkit/methods/training.py",
            "    if starts_from_text(settings.schedule):\n", "    if False:\n",
            (f"{SCHEDULES}::test_training_starts_M0_from_the_text_only_in_the_fast_schedule",)),
+    Mutant("--dtype auto picks bf16", "sdtoolkit/core/models.py",
+           "    if dtype in (None, \"auto\"):\n        return torch.float32",
+           "    if dtype in (None, \"auto\"):\n        return torch.bfloat16",
+           ("tests/test_saved_results.py::test_default_precision_is_fp32_as_the_reference",)),
+    # issue 20: the Python API
+    Mutant("API edit_generated takes the library's taus, not p2plus.py's", "sdtoolkit/api.py",
+           "_taus(taus, P2PLUS_TAUS, names)", "_taus(taus, {}, names)",
+           ("tests/test_api.py::test_edit_generated_equals_p2plus",)),
     # issue 22: what each method computes
     Mutant("attention-map loss weighted 0", "sdtoolkit/methods/training.py",
            "loss = loss + F.mse_loss(recorder.maps[name].float(), gt_maps[name].float())",
