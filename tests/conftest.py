@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # e.g. "gw0"; None in a single-process run
+if XDIST_WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
 from filelock import FileLock
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if XDIST_WORKER:
     torch.set_num_threads(1)
 
 from sdtoolkit.core.settings import InvertConfig
@@ -44,7 +45,7 @@ def trained(tmp_path_factory, tiny) -> InvertConfig:
     """StyleDiffusion trained on the cat photo with the tiny model (10 inner steps, T = 30), once for all workers:
     the first worker to need it trains it into the run's shared temp folder under a lock, the others reuse it."""
     shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if XDIST_WORKER:
         shared = shared.parent
     cfg = InvertConfig(prompt="a cat sitting on a rug", image_path=CAT, index=7, model="tiny", num_inner_steps=10,
                        model_dir=str(shared / "trained"))
