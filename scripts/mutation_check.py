@@ -203,15 +203,16 @@ class Outcome:
     seconds: float
 
 
-def tracked_copy(dest: Path) -> None:
-    """Copy the tracked files of the repository (as in the work tree) into ``dest``."""
+def tracked_copy(*dests: Path) -> None:
+    """Copy the tracked files of the repository (as in the work tree) into each of ``dests``."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
     for name in filter(None, files):
         rel = name.decode()
         src = REPO / rel
         if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+            for dest in dests:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
 
 
 def check_patch(root: Path, m: Mutant) -> str | None:
@@ -283,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jobs = min(args.jobs, len(mutants))
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        trees = [Path(tmp) / str(k) for k in range(jobs)]
+        tracked_copy(*trees)
         roots: queue.Queue[Path] = queue.Queue()
-        for k in range(jobs):
-            tracked_copy(Path(tmp) / str(k))
-            roots.put(Path(tmp) / str(k))
-        root = Path(tmp) / "0"
+        for tree in trees:
+            roots.put(tree)
+        root = trees[0]
         broken = [(m, why) for m in mutants if (why := check_patch(root, m))]
         for m, why in broken:
             print(f"PATCH FAILED: {m.name}: {why}", file=sys.stderr)

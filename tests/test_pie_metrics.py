@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sdtoolkit.jobs.pie_data import encode_mask, load_benchmark
-from sdtoolkit.cli.pie_metrics import console as main
+from sdtoolkit.cli.pie_metrics import console
 from sdtoolkit.evaluation.pie_metrics import (METRICS, BackboneSettings, OutputError, PieScorer, column, dino_input,
                                               edited_panel, last_layer_keys)
 
@@ -106,7 +106,7 @@ def _write_folder(tmp_path):
 def test_cli_end_to_end_csv_nan_and_counts(tmp_path, capsys):
     data, out = _write_folder(tmp_path)
     result = tmp_path / "r.csv"
-    code = main(["--data_path", str(data), "--output_path", str(out), "--methods", "stylediffusion", "nulltext",
+    code = console(["--data_path", str(data), "--output_path", str(out), "--methods", "stylediffusion", "nulltext",
                  "--result_path", str(result), *TINY])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -153,7 +153,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def _exit_code(argv: list[str]) -> int:
     """main's return value, or the status of the SystemExit that argparse raises."""
     try:
-        return main(argv)
+        return console(argv)
     except SystemExit as exit_:
         return int(exit_.code)
 
@@ -163,7 +163,7 @@ def test_cli_reports_bad_cases_and_goes_on(tmp_path, capsys):
     mapping = json.loads((data / "mapping_file.json").read_text())
     mapping["800000000002"]["mask"] = [1, 2, 3]
     (data / "mapping_file.json").write_text(json.dumps(mapping))
-    code = main(["--data_path", str(data), "--output_path", str(out), *TINY])
+    code = console(["--data_path", str(data), "--output_path", str(out), *TINY])
     captured = capsys.readouterr()
     assert code == 0
     assert "failed case: case 800000000002: malformed mask" in captured.err

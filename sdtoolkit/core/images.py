@@ -124,8 +124,8 @@ def binary_mask(image: Image.Image, name: str = "") -> torch.Tensor:
     grey = np.asarray(image.convert("L"), dtype=np.float32)
     mask = torch.from_numpy((grey >= 128).astype(np.float32))
     if not mask.any():
-        raise UsageError(f"mask {name + ' ' if name else ''}has no white pixel: nothing could be edited (white = may "
-                         "change)")
+        label = f"mask {name}" if name else "mask"
+        raise UsageError(f"{label} has no white pixel: nothing could be edited (white = may change)")
     return mask
 
 
