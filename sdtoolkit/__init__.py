@@ -5,7 +5,8 @@ The Python API (:mod:`sdtoolkit.api`) is importable from here: ``sdtoolkit.load(
 imported on first use, so ``import sdtoolkit.core…`` (the CLIs' flag checks) stays light.
 """
 
-__all__ = ["Edited", "Inverted", "METHODS", "Model", "UsageError", "image_grid", "load", "ns_lpips", "pie_scores"]
+__all__ = ["BarState", "Edited", "Inverted", "METHODS", "Model", "P2PLUS_TAUS", "RECOMMENDED_TAUS", "SCHEDULES",
+           "UsageError", "image_grid", "load", "ns_lpips", "pie_scores"]
 
 
 def __getattr__(name: str):
