@@ -7,12 +7,14 @@
     out.edited.save("edited.png")
 
 Everything stays in memory (PIL images, tensors, dicts) until ``save()`` is called. Values are natural Python:
-words as tuples or dicts, taus as numbers (tau_c also per word). Bad input raises the same
-:class:`sdtoolkit.core.errors.UsageError` the CLIs print, before any network runs. Built on ``sdtoolkit.jobs``
+words as tuples or dicts, taus as numbers (tau_c also per word). Bad input raises the
+:class:`sdtoolkit.core.errors.UsageError` the CLIs print, before any network runs, naming the keyword the caller
+passed (:data:`API_NAMES`: ``blend`` where the CLI says ``--blend_word``). Built on ``sdtoolkit.jobs``
 (the CLIs' jobs): the same inversion, sampler and controllers, so the same seed gives the CLIs' images.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from contextlib import contextmanager, nullcontext
@@ -32,6 +34,7 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import save_image
 from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
+from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
 from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
 from sdtoolkit.jobs.edit import build_controller, edit_latents
@@ -41,7 +44,7 @@ from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
 from sdtoolkit.methods.inversions import Inversion
 
 __all__ = ["BarState", "Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "SCHEDULES",
-           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid"]
+           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid", "API_NAMES", "front_door"]
 
 METHODS = tuple(m.value for m in InversionMethod)
 """The registered inversion methods (``method=`` of :meth:`Model.invert`)."""
@@ -53,10 +56,31 @@ Progress = bool | Callable[[BarState], None] | None
 """``progress=``: True prints the CLIs' tqdm bars, False none, a callable receives every bar's state instead
 (:class:`BarState`: description, count, total, postfix with step / iterations / loss); None: the model's."""
 
+API_NAMES: Mapping[str, str] = {**{setting: setting for setting in SETTINGS}, "image_path": "image",
+                                 "inversion": "method", "blend_word": "blend", "eq_params": "reweight",
+                                 "blend_mask": "mask"}
+"""What the API's errors call each setting (canonical name → keyword, bare: ``blend``, ``num_inner_steps``): the
+settings named as their keyword; every public function and method enters :func:`front_door` with it. A caller with
+names of its own (an app's control labels) wraps its calls in ``front_door({...})``: its names win, the settings
+it leaves out keep these."""
+
+
+def _front_door(fn):
+    """Run ``fn`` with the API's names for the settings (:data:`API_NAMES`)."""
+
+    @functools.wraps(fn)
+    def named(*args, **kwargs):
+        with front_door(API_NAMES):
+            return fn(*args, **kwargs)
+
+    return named
+
+
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 """An image: a file path, a PIL image or an array (H, W[, 3|4]) of uint8 or of floats in [0, 1]."""
 
 
+@_front_door
 def load(model: str = "sd_1_4", *, device: str = "auto", dtype: str = "auto", progress: Progress = True,
          image_encoder: str | None = None, compile: bool = False, vae_tiling: bool = False,
          vae_slicing: bool = False, gradient_checkpointing: bool = False) -> "Model":
@@ -165,7 +189,7 @@ def _taus(given: dict, defaults: Mapping, names: Sequence[str] = TAU_NAMES) -> d
     if unknown:
         raise UsageError(f"{', '.join(unknown)}: not a setting here; the taus are {', '.join(names)}")
     chosen = {**RECOMMENDED_TAUS, **defaults, **given}
-    return values.tau_lists(chosen.__getitem__, names, flag=lambda name: name)
+    return values.tau_lists(chosen.__getitem__, names)
 
 
 class Model:
@@ -180,6 +204,7 @@ class Model:
         return f"Model({self.model_id!r}, device={str(self.models.device)!r})"
 
     # ---- inversion -------------------------------------------------------------------------------------------
+    @_front_door
     def invert(self, image: ImageLike, prompt: str, method: str = "stylediffusion", *,
                num_ddim_steps: int | None = None, guidance_scale: float | None = None,
                num_inner_steps: int | None = None, num_epoch: int = 1, w_attnloss: bool = True,
@@ -193,7 +218,7 @@ class Model:
         cfg = checks.invert_config(
             prompt=prompt, image_path=path, model=self.model_id, inversion=method, num_ddim_steps=num_ddim_steps,
             guidance_scale=guidance_scale, num_inner_steps=num_inner_steps, num_epoch=num_epoch, seed=seed,
-            method_flag="method", index=index, w_attnloss=w_attnloss, is_1word=is_1word, crop=tuple(crop),
+            index=index, w_attnloss=w_attnloss, is_1word=is_1word, crop=tuple(crop),
             attn_pairing=attn_pairing, resolution=resolution, keep_aspect=keep_aspect, schedule=schedule)
         if path != IN_MEMORY:
             checks.check_image(path, cfg.crop)
@@ -216,6 +241,7 @@ class Model:
         with listening(chosen) if callable(chosen) else nullcontext():
             yield bool(chosen) and not callable(chosen)
 
+    @_front_door
     def edit_type_for(self, source: str, target: str) -> str:
         """``"Replacement"`` when the two prompts have the same number of words, else ``"Refinement"`` (the
         PIE-Bench runner's rule, docs/pie-bench.md)."""
@@ -225,6 +251,7 @@ class Model:
         image = image if isinstance(image, (str, os.PathLike)) else as_pil(image)
         return load_source(self.models, image, cfg.crop, cfg.resolution, cfg.keep_aspect)
 
+    @_front_door
     def load_inversion(self, path: str | os.PathLike, image: ImageLike | None = None) -> Inverted:
         """An inversion saved by :meth:`Inverted.save` or a CLI (``model_*/….safetensors``); ``image``: the image it
         was made from (default: the ``image_path`` its sidecar names). Refused when the image, prompt, model or
@@ -260,10 +287,11 @@ class Model:
             return None
         size, multiple = cfg.resolution or self.models.image_size, self.models.family.size_multiple
         if isinstance(mask, (str, os.PathLike)):
-            checks.check_image(str(mask))
+            checks.check_image(str(mask), setting="blend_mask")
             return load_mask(mask, size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple)
         return binary_mask(fit_image(as_pil(mask), size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple))
 
+    @_front_door
     def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
              blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
              mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
@@ -284,6 +312,7 @@ class Model:
         return self.sweep(inverted, target, edit_type=edit_type, blend=blend, reweight=reweight, mask=mask,
                           attention_maps=attention_maps, progress=chosen if callable(chosen) else False, **taus)[0]
 
+    @_front_door
     def sweep(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
               blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
               mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
@@ -312,6 +341,7 @@ class Model:
                                   config=edit.only(taus), source_config=cfg))
         return out
 
+    @_front_door
     def edit_generated(self, prompt: str, target: str, seed: int | Sequence[int] = 2720, *,
                        edit_type: str = "Replacement", blend: Sequence | Mapping | None = None,
                        reweight: Mapping | Sequence | None = None, num_ddim_steps: int = 50,
@@ -323,7 +353,7 @@ class Model:
         seeds, or of tau values, gives a list of edits."""
         seeds = [seed] if isinstance(seed, int) else list(seed)
         for s in seeds:
-            checks.check_seed(s, "seed")
+            checks.check_seed(s)
         checks.check_steps(num_ddim_steps)
         checks.check_finite(guidance_scale, "guidance_scale")
         checks.check_size(resolution, False)
@@ -349,6 +379,7 @@ class Model:
         return out[0] if len(out) == 1 and isinstance(seed, int) else out
 
     # ---- scores ----------------------------------------------------------------------------------------------
+    @_front_door
     def attention_mask(self, image: ImageLike, prompt: str, words: str | Sequence[str], num_ddim_steps: int = 50,
                        resolution: int | None = None, keep_aspect: bool = False) -> Image.Image:
         """storemask's foreground mask (corrected mode, docs/method.md §7): the cross-attention of ``words`` in
@@ -392,6 +423,7 @@ def _pil(image: ImageLike) -> Image.Image:
     return as_pil(image)
 
 
+@_front_door
 def ns_lpips(source: ImageLike, edited: ImageLike, background: ImageLike, mode: str = "corrected",
              net: str = "alex", random_weights: bool = False, device: str = "cpu") -> float:
     """NS-LPIPS of one edit, as ``ns_lpips.py`` scores a case: LPIPS of the source and the edited image inside the
@@ -417,6 +449,7 @@ class _Case:
         return self.edit_mask
 
 
+@_front_door
 def pie_scores(source: ImageLike, edited: ImageLike, mask: ImageLike, source_prompt: str, target_prompt: str, *,
                random_weights: bool = False, random_size: str = "full", device: str = "cpu") -> dict[str, Any]:
     """PIE-Bench's metrics of one edit (structure distance, PSNR / LPIPS / MSE / SSIM outside ``mask``, white =

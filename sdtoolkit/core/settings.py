@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.naming import name
 
 
 class InversionMethod(enum.StrEnum):
@@ -79,12 +80,13 @@ class AttnPairing(enum.StrEnum):
     REFERENCE = "reference"
 
 
-def to_enum(kind: type[enum.StrEnum], value: str, flag: str) -> enum.StrEnum:
-    """``value`` as a member of ``kind``; a UsageError naming the valid values otherwise."""
+def to_enum(kind: type[enum.StrEnum], value: str, setting: str) -> enum.StrEnum:
+    """``value`` of ``setting`` as a member of ``kind``; a UsageError naming the setting (as the front door names
+    it, :func:`sdtoolkit.core.naming.name`) and the valid values otherwise."""
     try:
         return kind(value)
     except ValueError:
-        raise UsageError(f"{flag} {value!r} is not one of {', '.join(m.value for m in kind)}") from None
+        raise UsageError(f"{name(setting)} {value!r} is not one of {', '.join(m.value for m in kind)}") from None
 
 
 def command(args: list[str]) -> str:
@@ -179,9 +181,9 @@ class InvertConfig:
     schedule: Schedule = Schedule.REFERENCE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inversion", to_enum(InversionMethod, self.inversion, "--inversion"))
-        object.__setattr__(self, "attn_pairing", to_enum(AttnPairing, self.attn_pairing, "--attn_pairing"))
-        object.__setattr__(self, "schedule", to_enum(Schedule, self.schedule, "--schedule"))
+        object.__setattr__(self, "inversion", to_enum(InversionMethod, self.inversion, "inversion"))
+        object.__setattr__(self, "attn_pairing", to_enum(AttnPairing, self.attn_pairing, "attn_pairing"))
+        object.__setattr__(self, "schedule", to_enum(Schedule, self.schedule, "schedule"))
 
     def train_settings(self) -> TrainSettings:
         """The optimisation settings of this inversion."""
@@ -273,7 +275,7 @@ class EditConfig:
     baselines: bool = False  # a second grid row with the reference's comparison images (docs/method.md §5)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "--edit_type"))
+        object.__setattr__(self, "edit_type", to_enum(EditType, self.edit_type, "edit_type"))
 
     def tau_lists(self) -> dict[str, list]:
         return {name: getattr(self, name) for name in TAU_NAMES}
