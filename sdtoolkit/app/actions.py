@@ -122,8 +122,6 @@ class Actions:
                keep_aspect: bool = False, progress: Progress = None) -> InvertView:
         """Invert ``image`` (copied into the session's new bundle folder first, so the bundle holds the very
         bytes that were inverted) and keep the result; ``None`` step counts / guidance: the method's defaults."""
-        with sd.front_door(CONTROLS):
-            sd.check_image_file(image)
         folder = self.sessions.folder(session)
         folder.mkdir(parents=True, exist_ok=True)
         suffix = image.suffix.lower() if image.suffix.lower() in IMAGE_SUFFIXES else ".png"
@@ -138,7 +136,7 @@ class Actions:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        inv.save(folder / inv.config.path().relative_to(inv.config.model_dir))
+        inv.save(folder / inv.config.path())
         dropped = self.sessions.add(session, Kept(folder.name, inv, folder))
         bundle = _zip(folder, [source, *sorted((folder / inv.config.folder().name).iterdir())])
         sidecar = inv.sidecar
