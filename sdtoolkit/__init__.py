@@ -7,7 +7,7 @@ imported on first use, so ``import sdtoolkit.core…`` (the CLIs' flag checks) s
 """
 
 __all__ = ["API_NAMES", "BarState", "Edited", "Inverted", "METHODS", "Model", "P2PLUS_TAUS", "RECOMMENDED_TAUS",
-           "SCHEDULES", "UsageError", "front_door", "image_grid", "load", "ns_lpips", "pie_scores"]
+           "SCHEDULES", "UsageError", "front_door", "image_grid", "load", "method_defaults", "ns_lpips", "pie_scores"]
 
 
 def __getattr__(name: str):

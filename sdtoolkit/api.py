@@ -36,7 +36,8 @@ from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, lo
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
 from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
-from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus, \
+    to_enum
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
@@ -44,7 +45,7 @@ from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
 from sdtoolkit.methods.inversions import Inversion
 
 __all__ = ["BarState", "Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "SCHEDULES",
-           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid", "API_NAMES", "front_door"]
+           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid", "API_NAMES", "front_door", "method_defaults"]
 
 METHODS = tuple(m.value for m in InversionMethod)
 """The registered inversion methods (``method=`` of :meth:`Model.invert`)."""
@@ -74,6 +75,15 @@ def _front_door(fn):
             return fn(*args, **kwargs)
 
     return named
+
+
+def method_defaults(method: str) -> dict[str, float | int]:
+    """The settings :meth:`Model.invert` uses for ``method`` when they are not given: ``num_ddim_steps``,
+    ``num_inner_steps``, ``guidance_scale`` (the published ones, docs/method.md §9)."""
+    with front_door(API_NAMES):
+        chosen = to_enum(InversionMethod, method, "inversion")
+    return {"num_ddim_steps": chosen.default_ddim_steps, "num_inner_steps": chosen.default_inner_steps,
+            "guidance_scale": chosen.default_guidance_scale}
 
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray

@@ -76,16 +76,18 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
                     prompt = gr.Textbox(label=CONTROLS["prompt"], placeholder="a photo of a cat", elem_id="prompt")
                     method = gr.Dropdown(list(sd.METHODS), value="stylediffusion", label=CONTROLS["inversion"])
                     schedule = gr.Dropdown(list(sd.SCHEDULES), value="reference", label=CONTROLS["schedule"])
+                    first = sd.method_defaults("stylediffusion")
                     with gr.Row():
-                        inner = gr.Number(None, label=CONTROLS["num_inner_steps"], precision=0,
-                                          info="empty: the method's", elem_id="inner")
-                        steps = gr.Number(None, label=CONTROLS["num_ddim_steps"], precision=0,
-                                          info="empty: the method's", elem_id="steps")
-                        guidance = gr.Number(None, label=CONTROLS["guidance_scale"], info="empty: the method's")
+                        inner = gr.Number(first["num_inner_steps"], label=CONTROLS["num_inner_steps"], precision=0,
+                                          info="the method's published value", elem_id="inner")
+                        steps = gr.Number(first["num_ddim_steps"], label=CONTROLS["num_ddim_steps"], precision=0,
+                                          info="the method's published value", elem_id="steps")
+                        guidance = gr.Number(first["guidance_scale"], label=CONTROLS["guidance_scale"],
+                                             info="the method's published value", elem_id="guidance")
                     with gr.Row():
                         seed = gr.Number(0, label=CONTROLS["seed"], precision=0)
-                        resolution = gr.Number(None, label=CONTROLS["resolution"], precision=0,
-                                               info="empty: the model's")
+                        resolution = gr.Number(0, label=CONTROLS["resolution"], precision=0,
+                                               info="0: the model's", elem_id="resolution")
                         keep_aspect = gr.Checkbox(False, label=CONTROLS["keep_aspect"])
                     invert_btn = gr.Button("Invert", variant="primary", elem_id="invert")
                 with gr.Column():
@@ -120,7 +122,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
                 with gr.Column():
                     edited = gr.Image(label="edited", format="png", interactive=False, elem_id="edited")
                     command = gr.Textbox(label="the same edit from the command line (after unzipping the inversion)",
-                                         interactive=False, elem_id="command", show_copy_button=True)
+                                         interactive=False, elem_id="command", buttons=["copy"])
                     edit_files = gr.File(label="download the edit (PNG + JSON sidecar)", file_count="multiple",
                                          interactive=False)
                     grid = gr.Image(label="input | VAE reconstruction | reconstruction | edited", format="png",
@@ -160,25 +162,36 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
                     g_tgt_maps = gr.Image(label="cross-attention per token: target", format="png", interactive=False)
                     g_files = gr.File(label="download", file_count="multiple", interactive=False)
 
-        # ---- word pickers follow the prompts -------------------------------------------------------------------
-        def choices(text: str):
-            return gr.update(choices=words_of(text), value=[])
+        def published(method_name: str):
+            values = sd.method_defaults(method_name)
+            return values["num_inner_steps"], values["num_ddim_steps"], values["guidance_scale"]
 
-        def single(text: str):
-            return gr.update(choices=words_of(text), value=None)
+        method.change(published, method, [inner, steps, guidance], queue=False, show_progress="hidden")
 
-        target.change(choices, target, blend_tgt, queue=False)
-        target.change(single, target, rw_word, queue=False)
-        target.change(single, target, tc_word, queue=False)
-        source_prompt.change(choices, source_prompt, blend_src, queue=False)
-        g_prompt.change(choices, g_prompt, g_blend_src, queue=False)
-        g_target.change(choices, g_target, g_blend_tgt, queue=False)
+        # ---- word pickers follow the prompts (once typed: on leaving the box or Enter) ---------------------------
+        def choices(text: str, chosen: list[str] | None):
+            words = words_of(text)
+            return gr.update(choices=words, value=[w for w in chosen or () if w in words])
+
+        def single(text: str, chosen: str | None):
+            words = words_of(text)
+            return gr.update(choices=words, value=chosen if chosen in words else None)
+
+        def follow_target(text, blend_words, reweighted, per_word):
+            return choices(text, blend_words), single(text, reweighted), single(text, per_word)
+
+        quiet = dict(queue=False, show_progress="hidden")
+        gr.on([target.blur, target.submit], follow_target, [target, blend_tgt, rw_word, tc_word],
+              [blend_tgt, rw_word, tc_word], **quiet)
+        source_prompt.change(choices, [source_prompt, blend_src], blend_src, **quiet)
+        gr.on([g_prompt.blur, g_prompt.submit], choices, [g_prompt, g_blend_src], g_blend_src, **quiet)
+        gr.on([g_target.blur, g_target.submit], choices, [g_target, g_blend_tgt], g_blend_tgt, **quiet)
 
         def pick(request: gr.Request, label: str | None):
             kept = actions.sessions.get(request.session_hash, label)
             return kept.inverted.config.prompt if kept else ""
 
-        inversion.input(pick, [inversion], source_prompt, queue=False)
+        inversion.input(pick, [inversion], source_prompt, queue=False, show_progress="hidden")
 
         # ---- invert ----------------------------------------------------------------------------------------------
         @_handled(5)
@@ -188,7 +201,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
             view = actions.invert(request.session_hash, image, text, method=method_name, schedule=schedule_name,
                                   num_inner_steps=_int(inner_steps), num_ddim_steps=_int(num_steps),
                                   guidance_scale=None if scale is None else float(scale), seed=_int(seed_value) or 0,
-                                  resolution=_int(size), keep_aspect=bool(aspect), progress=_reporter(progress))
+                                  resolution=_int(size) or None, keep_aspect=bool(aspect), progress=_reporter(progress))
             labels = actions.sessions.labels(request.session_hash)
             return (" ".join(view.messages), view.panels, view.figures, str(view.bundle),
                     gr.update(choices=labels, value=view.label), text)
