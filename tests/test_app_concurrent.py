@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_server import REPO, app_server
+from scripts.app_screenshot import REPO, app_server
 from sdtoolkit.evaluation.toy_scores import nearest
 from toyworld.scenes import PALETTE
 
