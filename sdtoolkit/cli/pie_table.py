@@ -112,7 +112,8 @@ def runner_argv(args: argparse.Namespace, method: InversionMethod) -> list[str]:
 
 
 class Budget:
-    """``--max_hours``: spent once that much time has passed since the command started."""
+    """``--max_hours``: spent once that much time has passed since the command started; looked at between cases
+    (after a case, and before a method other than the first), so a run stops cleanly with whole cases done."""
 
     def __init__(self, hours: float | None) -> None:
         self.seconds = None if hours is None else hours * 3600.0
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     statuses = []
     for method in methods:
-        if budget.spent():
+        if statuses and budget.spent():  # checked between cases only: the first case always runs
             print(f"{method.value}: not started (--max_hours {args.max_hours} spent)", flush=True)
             continue
         after = first_case_estimate(method, len(cases), part.count, budget)
