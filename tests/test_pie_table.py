@@ -44,9 +44,8 @@ def test_every_method_is_tabulated_beside_its_published_row_and_a_rerun_reproduc
         assert (rows.loc[with_row, f"{label} difference"] - diff[with_row]).abs().max() < 1e-9
     assert rows.loc["ddim", "PSNR published"] == 17.87 and rows.loc["directinversion", "PSNR published"] == 27.22
     assert math.isnan(rows.loc["edict", "PSNR published"]) and rows.loc["edict", "published row"].startswith("no published row")
-    for method in TABLE_METHODS:  # the counter sees at least the passes the formula gives without training
-        plan = planned_passes(method, 2, 1, 1, Schedule.REFERENCE)
-        assert rows.loc[method.value, "UNet passes / image"] >= plan.forward
+    for method in TABLE_METHODS:  # the counted passes are the plan's formula (1 inner step: no early stop)
+        assert rows.loc[method.value, "UNet passes / image"] == planned_passes(method, 2, 1, 1, Schedule.REFERENCE).total
         assert rows.loc[method.value, "seconds / image"] > 0
     assert rows.loc["ddim", "setting"] == "NOT at the published setting: num_ddim_steps=2"
     assert rows.loc["nulltext", "setting"] == "NOT at the published setting: num_ddim_steps=2, num_inner_steps=1"
@@ -121,12 +120,13 @@ def test_published_settings_and_which_overrides_leave_them():
 
 
 def test_planned_passes_at_t50_are_docs_method_9_6():
-    """T + 2T for one-pass methods; edit-friendly skips 12 of 50 steps, EDICT 10 (2 and 4 passes per step); the
-    training caps: StyleDiffusion Σ⌈100·e^(−0.1 i)⌉ = 1071, null-text 10 per step."""
+    """Inversion + reconstruction figures (plain DDIM's 2T and the method's own) + edit: T + 4T for one-pass methods;
+    edit-friendly skips 12 of 50 steps, EDICT 10 (2 and 4 passes per step); training at its cap, StyleDiffusion
+    Σ⌈100·e^(−0.1 i)⌉ = 1071 iterations, null-text 10 per step, plus 2 passes per step."""
     ref = Schedule.REFERENCE
-    assert planned_passes(InversionMethod.DIRECT, 50, 100, 1, ref).describe() == "50 + 100"
-    assert planned_passes(InversionMethod.EDIT_FRIENDLY, 50, 100, 1, ref).describe() == "126 + 76"
-    assert planned_passes(InversionMethod.EDICT, 50, 100, 1, ref).describe() == "210 + 160"
-    assert planned_passes(InversionMethod.STYLEDIFFUSION, 50, 100, 1, ref).describe() == "50 + 1071 + 100"
+    assert planned_passes(InversionMethod.DIRECT, 50, 100, 1, ref).describe() == "50 + 200 + 100"
+    assert planned_passes(InversionMethod.EDIT_FRIENDLY, 50, 100, 1, ref).describe() == "126 + 176 + 76"
+    assert planned_passes(InversionMethod.EDICT, 50, 100, 1, ref).describe() == "210 + 260 + 160"
+    assert planned_passes(InversionMethod.STYLEDIFFUSION, 50, 100, 1, ref).describe() == "50 + 1171 + 200 + 100"
     assert planned_passes(InversionMethod.NULLTEXT, 50, 10, 2, ref).training == 1000
     assert pass_seconds("NVIDIA H100 80GB HBM3", "bf16") is not None and pass_seconds("cpu", "fp32") is None

@@ -138,7 +138,7 @@ def print_plan(methods: Sequence[InversionMethod], args: argparse.Namespace, n_c
                               setting["schedule"])
         hours = n_cases * measured.seconds(plan) / 3600 if measured else math.nan
         total += hours
-        estimate = f"{hours:.2f} GPU-hours" if measured else "GPU-hours: estimated from its first case"
+        estimate = f"{hours:.2f} GPU-hours" if measured else f"{hours_unit(card)}: estimated from its first case"
         print(f"  {method.value:<22} {n_cases} cases, {plan.describe()} passes/image, {estimate}; "
               f"{describe_changes(setting_changes(method, overrides(args)))}")
     if measured:
@@ -149,8 +149,13 @@ def print_plan(methods: Sequence[InversionMethod], args: argparse.Namespace, n_c
               "follows its first case")
 
 
-def first_case_estimate(method: InversionMethod, n_cases: int, processes: int,
-                        budget: Budget) -> Callable[[CaseResult], bool]:
+def hours_unit(card: str) -> str:
+    """What the estimates count: GPU-hours, or CPU-hours on a CPU."""
+    return "CPU-hours" if card == "cpu" else "GPU-hours"
+
+
+def first_case_estimate(method: InversionMethod, n_cases: int, processes: int, budget: Budget,
+                        unit: str) -> Callable[[CaseResult], bool]:
     """The runner's after-case callback: prints the estimate from the method's first case done, and stops the run
     between cases once the budget is spent."""
     told = []
@@ -158,8 +163,8 @@ def first_case_estimate(method: InversionMethod, n_cases: int, processes: int,
     def after(result: CaseResult) -> bool:
         if not told and result.status == "done":
             told.append(True)
-            print(f"{method.value}: first case {result.seconds:.1f} s -> about {result.seconds * n_cases / 3600:.2f} "
-                  f"GPU-hours for {n_cases} cases ({result.seconds * n_cases / 3600 / processes:.2f} h on "
+            print(f"\n{method.value}: first case {result.seconds:.1f} s -> about {result.seconds * n_cases / 3600:.2f} "
+                  f"{unit} for {n_cases} cases ({result.seconds * n_cases / 3600 / processes:.2f} h on "
                   f"{processes} process(es))", flush=True)
         return budget.spent()
 
@@ -225,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if statuses and budget.spent():  # checked between cases only: the first case always runs
             print(f"{method.value}: not started (--max_hours {args.max_hours} spent)", flush=True)
             continue
-        after = first_case_estimate(method, len(cases), part.count, budget)
+        after = first_case_estimate(method, len(cases), part.count, budget, hours_unit(card))
         statuses.append(pie_bench.main(runner_argv(args, method), after_case=after))
     from accelerate import PartialState
 
@@ -240,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [method_run(args, method, keys) for method in methods]
     comparable = not backbones.random_weights
     table = build_table(summarise(scored.table, names), runs, published, backbones.describe(), comparable)
-    header = ["# PIE-Bench: measured beside the published table", ""]
+    header = ["**PIE-Bench: measured beside the published table**", ""]
     if not comparable:
         header += [f"**{NOT_COMPARABLE}**: the metric backbones have random weights (offline run).", ""]
     header += [f"{len(cases)} case(s) of {args.data_path.name} (the published numbers are means over PIE-Bench's 700); "

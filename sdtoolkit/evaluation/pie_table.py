@@ -117,27 +117,38 @@ def describe_changes(changes: Mapping[str, object]) -> str:
 
 @dataclass(frozen=True)
 class PassPlan:
-    """UNet passes per image (a batched [source, target] call counts once): inversion, training iterations at
-    their cap (forward + backward; early stops make fewer), editing."""
+    """UNet passes per image of one PIE-Bench case as the runner makes it (a batched [source, target] call counts
+    once): the inversion, the training iterations at their cap (forward + backward; early stops make fewer) and the
+    optimisation's other per-step passes, the sidecar's reconstruction figures, the edit."""
 
     inversion: int
-    training: int
+    training: int  # optimisation iterations (forward + backward each)
+    training_steps: int  # the optimisation's forward-only passes (once per step: the other branch, the step's move)
+    reconstruction: int
     edit: int
 
     @property
     def forward(self) -> int:
-        return self.inversion + self.edit
+        """Forward-only passes."""
+        return self.inversion + self.training_steps + self.reconstruction + self.edit
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.training
 
     def describe(self) -> str:
-        return f"{self.inversion} + {self.training} + {self.edit}" if self.training else f"{self.inversion} + {self.edit}"
+        """``inversion + training + reconstruction + edit`` (training left out for methods that do not optimise)."""
+        train = f" + {self.training + self.training_steps}" if self.training else ""
+        return f"{self.inversion}{train} + {self.reconstruction} + {self.edit}"
 
 
 def planned_passes(method: InversionMethod, num_ddim_steps: int, num_inner_steps: int, num_epoch: int,
                    schedule: Schedule | str) -> PassPlan:
     """UNet passes per image of ``method`` (docs/method.md §9.6): the DDIM inversion's T, edit-friendly DDPM's and
-    EDICT's extra inversion passes (2 and 4 per sampled step), the per-step optimisation's iterations at the
-    schedule's cap (§3, §3a: ⌈N·e^(−0.1 i)⌉ for StyleDiffusion, N per step for null-text and text-embedding
-    inversion, times the epochs) and editing's 2 passes per sampled step (4 for EDICT)."""
+    EDICT's extra inversion passes (2 and 4 per sampled step); for the optimising methods the iterations at the
+    schedule's cap (§3, §3a: ⌈N·e^(−0.1 i)⌉ for StyleDiffusion, N per step for null-text and text-embedding inversion,
+    times the epochs) and 2 forward passes per step besides; the sidecar's reconstruction figures (plain DDIM's 2T
+    and the method's own, as many as its edit); editing's 2 passes per sampled step (4 for EDICT)."""
     steps = num_ddim_steps
     inversion, edit = steps, 2 * steps
     if method is InversionMethod.EDIT_FRIENDLY:
@@ -146,12 +157,13 @@ def planned_passes(method: InversionMethod, num_ddim_steps: int, num_inner_steps
     elif method is InversionMethod.EDICT:
         sampled = steps - EdictInversion.skip(steps)
         inversion, edit = steps + 4 * sampled, 4 * sampled
-    training = 0
+    training = training_steps = 0
     if method.optimises:
         decaying = method in (InversionMethod.STYLEDIFFUSION, InversionMethod.STYLEDIFFUSION_DIRECT)
         training = num_epoch * sum(step_plan(Schedule(schedule), num_inner_steps, i, decaying).iterations
                                    for i in range(steps))
-    return PassPlan(inversion, training, edit)
+        training_steps = 2 * steps * num_epoch
+    return PassPlan(inversion, training, training_steps, 2 * steps + edit, edit)
 
 
 @dataclass(frozen=True)
