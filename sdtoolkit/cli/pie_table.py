@@ -243,11 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write(args.output_path / SCORES_CSV, lambda tmp: scored.table.to_csv(tmp, index=False, na_rep="nan"))
     keys = {case.key: case.editing_type_id for case in cases}
     runs = [method_run(args, method, keys) for method in methods]
-    comparable = not backbones.random_weights
+    whole = len(cases) == len(bench.cases) and not bench.failures
+    comparable = whole and not backbones.random_weights
     table = build_table(summarise(scored.table, names), runs, published, backbones.describe(), comparable)
     header = ["**PIE-Bench: measured beside the published table**", ""]
-    if not comparable:
+    if backbones.random_weights:
         header += [f"**{NOT_COMPARABLE}**: the metric backbones have random weights (offline run).", ""]
+    elif not whole:
+        header += [f"**{NOT_COMPARABLE}**: a selection of the benchmark's cases (the published means are over all).",
+                   ""]
     header += [f"{len(cases)} case(s) of {args.data_path.name} (the published numbers are means over PIE-Bench's 700); "
                f"model {args.model}, seeds and versions per row; seconds per image on {card} ({part.count} "
                f"process(es)); metric backbones: {backbones.describe()}; missing outputs: "

@@ -236,7 +236,8 @@ def build_table(summary: pd.DataFrame, runs: Sequence[MethodRun], rows: Mapping[
     cases, cases scored, per metric measured | published | measured − published (published only on the ``all`` row:
     the table reports means over every case), UNet passes and seconds per image (means over the group's cases whose
     sidecar records them), the setting, the published row (or why there is none), track, weights fingerprint,
-    library versions, seed, the metric backbones and whether the row compares with the published table."""
+    library versions, seed, the metric backbones and whether the row compares with the published table:
+    ``comparable`` (real metric networks, the whole benchmark), the published setting and every case scored."""
     by_method = {run.method: run for run in runs}
     out = []
     for _, s in summary.iterrows():
@@ -258,7 +259,8 @@ def build_table(summary: pd.DataFrame, runs: Sequence[MethodRun], rows: Mapping[
         row.update({"setting": run.setting, "published row": pub.describe(), "track": run.track,
                     "weights": run.weights, "versions": run.versions, "seed": run.seed,
                     "metric backbones": backbones,
-                    "comparable with the published table": comparable and run.setting == describe_changes({})})
+                    "comparable with the published table": (comparable and run.setting == describe_changes({})
+                                                            and row["scored"] == row["cases"])})
         out.append(row)
     return pd.DataFrame(out)
 
