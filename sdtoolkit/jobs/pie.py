@@ -5,8 +5,9 @@ kept under the inversion folder, so another editing setting re-edits without re-
 original to the editing prompt (brackets removed) and write one image of four panels at the source's size —
 instruction text | source | reconstruction | edited — to ``{output_path}/{method}+p2p/annotation_images/{image_path}``,
 the layout PnPInversion's runner writes and its evaluator reads (it crops the right-most square). A JSON
-sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with; a case whose
-image decodes and whose sidecar matches is skipped, a truncated or unreadable one is redone (and says so).
+sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with, its seconds and its
+UNet forward passes (:func:`count_unet_passes`); a case whose image decodes and whose sidecar matches is skipped, a
+truncated or unreadable one is redone (and says so).
 
 Defaults are the settings of PIE-Bench's StyleDiffusion + P2P row (docs/method.md §4): T = 50, 100 inner
 steps, 1 epoch, guidance 7.5, tau_v .5 / tau_c .6 / tau_s .6 / tau_u 0, no blend word, no reweighting.
