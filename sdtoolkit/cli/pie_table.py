@@ -30,7 +30,7 @@ from sdtoolkit.core.constants import SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import atomic_write
 from sdtoolkit.core.paths import check_writable_dir
-from sdtoolkit.core.settings import InversionMethod, Schedule
+from sdtoolkit.core.settings import InversionMethod
 from sdtoolkit.evaluation.pie_metrics import CLIP_MODEL, DINO_MODEL, BackboneSettings, PieScorer, score_cases, summarise
 from sdtoolkit.evaluation.pie_table import (NOT_COMPARABLE, TABLE_METHODS, MethodRun, build_table, describe_changes,
                                             load_published, markdown, pass_seconds, planned_passes, run_setting,
@@ -83,8 +83,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max_hours {args.max_hours} must be > 0")
     if args.end_case is not None and args.end_case <= args.from_case:
         raise UsageError(f"--from_case {args.from_case} and --end_case {args.end_case} select no case")
-    if args.schedule is not None and args.schedule not in set(Schedule):
-        raise UsageError(f"--schedule {args.schedule!r} is not one of {', '.join(Schedule)}")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
