@@ -7,22 +7,25 @@
     out.edited.save("edited.png")
 
 Everything stays in memory (PIL images, tensors, dicts) until ``save()`` is called. Values are natural Python:
-words as tuples or dicts, taus as numbers (tau_c also per word). Bad input raises the same
-:class:`sdtoolkit.core.errors.UsageError` the CLIs print, before any network runs. Built on ``sdtoolkit.jobs``
+words as tuples or dicts, taus as numbers (tau_c also per word). Bad input raises the
+:class:`sdtoolkit.core.errors.UsageError` the CLIs print, before any network runs, naming the keyword the caller
+passed (:data:`API_NAMES`: ``blend`` where the CLI says ``--blend_word``). Built on ``sdtoolkit.jobs``
 (the CLIs' jobs): the same inversion, sampler and controllers, so the same seed gives the CLIs' images.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import BarState, ProgressBar, listening
 
 from sdtoolkit.control.controllers import Recording, show_cross_attention
 from sdtoolkit.core import checks, values
@@ -31,28 +34,69 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import save_image
 from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
+from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
-from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Taus
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus, \
+    to_enum
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
+from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
 from sdtoolkit.methods.inversions import Inversion
 
-__all__ = ["Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "UsageError", "image_grid"]
+__all__ = ["BarState", "Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "SCHEDULES",
+           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid", "API_NAMES", "front_door", "method_defaults"]
 
 METHODS = tuple(m.value for m in InversionMethod)
 """The registered inversion methods (``method=`` of :meth:`Model.invert`)."""
+
+SCHEDULES = tuple(s.value for s in Schedule)
+"""The inner-iteration schedules (``schedule=`` of :meth:`Model.invert`; docs/backbones.md "Speed: schedules")."""
+
+Progress = bool | Callable[[BarState], None] | None
+"""``progress=``: True prints the CLIs' tqdm bars, False none, a callable receives every bar's state instead
+(:class:`BarState`: description, count, total, postfix with step / iterations / loss); None: the model's."""
+
+API_NAMES: Mapping[str, str] = {**{setting: setting for setting in SETTINGS}, "image_path": "image",
+                                 "inversion": "method", "blend_word": "blend", "eq_params": "reweight",
+                                 "blend_mask": "mask"}
+"""What the API's errors call each setting (canonical name → keyword, bare: ``blend``, ``num_inner_steps``): the
+settings named as their keyword; every public function and method enters :func:`front_door` with it. A caller with
+names of its own (an app's control labels) wraps its calls in ``front_door({...})``: its names win, the settings
+it leaves out keep these."""
+
+
+def _front_door(fn):
+    """Run ``fn`` with the API's names for the settings (:data:`API_NAMES`)."""
+
+    @functools.wraps(fn)
+    def named(*args, **kwargs):
+        with front_door(API_NAMES):
+            return fn(*args, **kwargs)
+
+    return named
+
+
+def method_defaults(method: str) -> dict[str, float | int]:
+    """The settings :meth:`Model.invert` uses for ``method`` when they are not given: ``num_ddim_steps``,
+    ``num_inner_steps``, ``guidance_scale`` (the published ones, docs/method.md §9)."""
+    with front_door(API_NAMES):
+        chosen = to_enum(InversionMethod, method, "inversion")
+    return {"num_ddim_steps": chosen.default_ddim_steps, "num_inner_steps": chosen.default_inner_steps,
+            "guidance_scale": chosen.default_guidance_scale}
+
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 """An image: a file path, a PIL image or an array (H, W[, 3|4]) of uint8 or of floats in [0, 1]."""
 
 
-def load(model: str = "sd_1_4", *, device: str = "auto", dtype: str = "auto", progress: bool = True,
+@_front_door
+def load(model: str = "sd_1_4", *, device: str = "auto", dtype: str = "auto", progress: Progress = True,
          image_encoder: str | None = None, compile: bool = False, vae_tiling: bool = False,
          vae_slicing: bool = False, gradient_checkpointing: bool = False) -> "Model":
     """Load a model once: a hub id, a local diffusers folder, ``sd_1_4`` / ``sd_1_5`` / ``sd_2_1_base`` /
     ``sd_2_1`` / ``sdxl``, ``toy`` (the shipped toy model) or ``tiny`` (random weights: noise).
-    ``progress=False`` turns every progress bar off."""
+    ``progress=False`` turns every progress bar off; a callable receives them (:data:`Progress`)."""
     model_id = SD_VERSIONS.get(model, model)
     models = load_models(model_id, device, dtype, image_encoder=image_encoder, compile_unet=compile,
                          vae_tiling=vae_tiling, vae_slicing=vae_slicing, gradient_checkpointing=gradient_checkpointing)
@@ -99,6 +143,31 @@ class Edited:
     source_attention: Image.Image | None = None  # the same for the source prompt
     seed: int | None = None  # generated edits (Model.edit_generated)
     settings: dict = field(default_factory=dict)
+    blend_mask: Image.Image | None = None  # LocalBlend's mask at the last step (white = may change), image-sized
+    config: EditConfig | None = None  # this edit (one tau combination); None for generated edits
+    source_config: InvertConfig | None = None  # the inversion it edits
+
+    @property
+    def blend_overlay(self) -> Image.Image | None:
+        """The edited image with LocalBlend's mask over it (the region that may change tinted red), or None when
+        the edit had no blend words and no user mask."""
+        if self.blend_mask is None:
+            return None
+        tint = Image.new("RGB", self.edited.size, (255, 0, 0))
+        return Image.composite(Image.blend(self.edited.convert("RGB"), tint, 0.45), self.edited.convert("RGB"),
+                               self.blend_mask)
+
+    def command(self, model_dir: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
+                outdir: str | os.PathLike | None = None) -> str:
+        """The ``stylediffusion.py --is_train ''`` command that makes this image from the saved inversion
+        (:meth:`Inverted.save`); ``model_dir`` / ``image_path`` / ``outdir`` where they are on the user's side
+        (default: as inverted, the CLI's defaults). Its ``edited_img-….png`` is this :attr:`edited`, byte for byte."""
+        if self.config is None or self.source_config is None:
+            raise UsageError("a generated edit has no inversion to edit: its command is p2plus.py's")
+        source = replace(self.source_config, **{k: str(v) for k, v in
+                                                (("model_dir", model_dir), ("image_path", image_path)) if v is not None})
+        edit = self.config if outdir is None else replace(self.config, outdir=str(outdir))
+        return source.edit_command(edit)
 
     @property
     def grid(self) -> Image.Image:
@@ -130,13 +199,13 @@ def _taus(given: dict, defaults: Mapping, names: Sequence[str] = TAU_NAMES) -> d
     if unknown:
         raise UsageError(f"{', '.join(unknown)}: not a setting here; the taus are {', '.join(names)}")
     chosen = {**RECOMMENDED_TAUS, **defaults, **given}
-    return values.tau_lists(chosen.__getitem__, names, flag=lambda name: name)
+    return values.tau_lists(chosen.__getitem__, names)
 
 
 class Model:
     """A loaded model and the operations on it; :func:`load` makes one."""
 
-    def __init__(self, models: SDModels, model_id: str, progress: bool = True) -> None:
+    def __init__(self, models: SDModels, model_id: str, progress: Progress = True) -> None:
         self.models = models
         self.model_id = model_id
         self.progress = progress
@@ -145,20 +214,21 @@ class Model:
         return f"Model({self.model_id!r}, device={str(self.models.device)!r})"
 
     # ---- inversion -------------------------------------------------------------------------------------------
+    @_front_door
     def invert(self, image: ImageLike, prompt: str, method: str = "stylediffusion", *,
                num_ddim_steps: int | None = None, guidance_scale: float | None = None,
                num_inner_steps: int | None = None, num_epoch: int = 1, w_attnloss: bool = True,
                schedule: str = "reference", attn_pairing: str = "same", seed: int = 0,
                crop: tuple[int, int, int, int] = (0, 0, 0, 0), resolution: int | None = None,
                keep_aspect: bool = False, is_1word: bool = False, index: int | str = 0,
-               progress: bool | None = None) -> Inverted:
+               progress: Progress = None) -> Inverted:
         """Invert ``image`` described by ``prompt`` with ``method`` (one of :data:`METHODS`); the step counts and
         guidance default to the method's (as the CLIs). Nothing is written (:meth:`Inverted.save`)."""
         path = str(image) if isinstance(image, (str, os.PathLike)) else IN_MEMORY
         cfg = checks.invert_config(
             prompt=prompt, image_path=path, model=self.model_id, inversion=method, num_ddim_steps=num_ddim_steps,
             guidance_scale=guidance_scale, num_inner_steps=num_inner_steps, num_epoch=num_epoch, seed=seed,
-            method_flag="method", index=index, w_attnloss=w_attnloss, is_1word=is_1word, crop=tuple(crop),
+            index=index, w_attnloss=w_attnloss, is_1word=is_1word, crop=tuple(crop),
             attn_pairing=attn_pairing, resolution=resolution, keep_aspect=keep_aspect, schedule=schedule)
         if path != IN_MEMORY:
             checks.check_image(path, cfg.crop)
@@ -166,16 +236,32 @@ class Model:
         checks.check_multiple(resolution, self.models.family.size_multiple)
         checks.check_prompt(prompt, self.models.tokenizer, is_1word)
         source = self._source(image, cfg)
-        fitted = fit(self.models, cfg, source, self.progress if progress is None else progress)
-        sidecar, latent = measure(self.models, cfg, source, fitted.inversion, fitted.log, fitted.seconds,
-                                  text=fitted.text)
+        with self._reporting(progress) as show:
+            fitted = fit(self.models, cfg, source, show)
+            sidecar, latent = measure(self.models, cfg, source, fitted.inversion, fitted.log, fitted.seconds,
+                                      text=fitted.text)
         return Inverted(cfg, fitted.inversion, source, sidecar, tensor_to_pil(self.models.decode_latent(latent)),
                         tensor_to_pil(self.models.decode_latent(source.z0)))
+
+    @contextmanager
+    def _reporting(self, progress: Progress) -> Iterator[bool]:
+        """Within the block the bars go where ``progress`` says (:data:`Progress`); yields the terminal switch the
+        jobs take."""
+        chosen = self.progress if progress is None else progress
+        with listening(chosen) if callable(chosen) else nullcontext():
+            yield bool(chosen) and not callable(chosen)
+
+    @_front_door
+    def edit_type_for(self, source: str, target: str) -> str:
+        """``"Replacement"`` when the two prompts have the same number of words, else ``"Refinement"`` (the
+        PIE-Bench runner's rule, docs/pie-bench.md)."""
+        return choose_edit_type(source, target, ReplacementRule.WORDS, self.models.tokenizer).value
 
     def _source(self, image: ImageLike, cfg: InvertConfig) -> SourceImage:
         image = image if isinstance(image, (str, os.PathLike)) else as_pil(image)
         return load_source(self.models, image, cfg.crop, cfg.resolution, cfg.keep_aspect)
 
+    @_front_door
     def load_inversion(self, path: str | os.PathLike, image: ImageLike | None = None) -> Inverted:
         """An inversion saved by :meth:`Inverted.save` or a CLI (``model_*/….safetensors``); ``image``: the image it
         was made from (default: the ``image_path`` its sidecar names). Refused when the image, prompt, model or
@@ -211,13 +297,15 @@ class Model:
             return None
         size, multiple = cfg.resolution or self.models.image_size, self.models.family.size_multiple
         if isinstance(mask, (str, os.PathLike)):
-            checks.check_image(str(mask))
+            checks.check_image(str(mask), setting="blend_mask")
             return load_mask(mask, size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple)
         return binary_mask(fit_image(as_pil(mask), size, *cfg.crop, keep_aspect=cfg.keep_aspect, multiple=multiple))
 
+    @_front_door
     def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
              blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-             mask: ImageLike | None = None, attention_maps: bool = False, **taus: float | Mapping) -> Edited:
+             mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
+             **taus: float | Mapping) -> Edited:
         """Edit ``inverted`` into ``target`` with P2Plus and return the images.
 
         ``edit_type``: ``"Replacement"`` (same number of words) or ``"Refinement"`` (words inserted or removed);
@@ -230,12 +318,14 @@ class Model:
         for name, value in taus.items():
             if isinstance(value, (list, tuple)) and len(value) != 1:
                 raise UsageError(f"{name} {value!r}: edit takes one value per tau; use sweep for several")
+        chosen = self.progress if progress is None else progress
         return self.sweep(inverted, target, edit_type=edit_type, blend=blend, reweight=reweight, mask=mask,
-                          attention_maps=attention_maps, progress=False, **taus)[0]
+                          attention_maps=attention_maps, progress=chosen if callable(chosen) else False, **taus)[0]
 
+    @_front_door
     def sweep(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
               blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-              mask: ImageLike | None = None, attention_maps: bool = False, progress: bool | None = None,
+              mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
               **taus: float | Sequence | Mapping) -> list[Edited]:
         """:meth:`edit` for every combination of the tau lists (``tau_v=[.2, .6]``, ...; tau_v outermost, as the
         CLI's file order)."""
@@ -246,30 +336,34 @@ class Model:
         texts = torch.cat([models.encode_text([cfg.prompt]).float(), models.encode_text([target]).float()])
         pooled = models.encode_pooled([cfg.prompt, target])
         out = []
-        show = self.progress if progress is None else progress
-        for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not show):
-            controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
-            recorder = Recording(controller, models.layers()) if attention_maps else None
-            z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
-                             cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
-            images = models.decode_latent(z)
-            maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
-                    for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
-            out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
-                              inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg)))
+        with self._reporting(progress) as show:
+            for taus in ProgressBar(edit.combinations(), desc="tau combinations", disable=not show):
+                controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
+                recorder = Recording(controller, models.layers()) if attention_maps else None
+                z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
+                                 cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
+                images = models.decode_latent(z)
+                maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
+                        for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
+                out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
+                                  inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg),
+                                  blend_mask=_blend_mask(controller, z.shape[2:], inverted.source.pil.size),
+                                  config=edit.only(taus), source_config=cfg))
         return out
 
+    @_front_door
     def edit_generated(self, prompt: str, target: str, seed: int | Sequence[int] = 2720, *,
                        edit_type: str = "Replacement", blend: Sequence | Mapping | None = None,
                        reweight: Mapping | Sequence | None = None, num_ddim_steps: int = 50,
                        guidance_scale: float = 7.5, resolution: int | None = None,
-                       attention_maps: bool = False, **taus: float | Sequence | Mapping) -> Edited | list[Edited]:
+                       attention_maps: bool = False, progress: Progress = None,
+                       **taus: float | Sequence | Mapping) -> Edited | list[Edited]:
         """P2Plus on a *generated* image (no inversion): sample ``prompt`` from the seed's noise and edit it into
         ``target`` (the defaults are p2plus.py's: tau_c .8, tau_s .4, tau_u .5; tau_v does not apply). A list of
         seeds, or of tau values, gives a list of edits."""
         seeds = [seed] if isinstance(seed, int) else list(seed)
         for s in seeds:
-            checks.check_seed(s, "seed")
+            checks.check_seed(s)
         checks.check_steps(num_ddim_steps)
         checks.check_finite(guidance_scale, "guidance_scale")
         checks.check_size(resolution, False)
@@ -285,7 +379,8 @@ class Model:
             if attention_maps:
                 recorder = Recording(build_controller(self.models, prompt, edit, num_ddim_steps, taus),
                                      self.models.layers())
-            source, edited = generator.edit_seed(s, taus, recorder)
+            with self._reporting(progress):
+                source, edited = generator.edit_seed(s, taus, recorder)
             maps = [show_cross_attention(recorder.store, p, self.models.tokenizer, batch_index=b)
                     for b, p in enumerate([prompt, target])] if recorder else [None, None]
             out.append(Edited(edited, source, source, taus, None, maps[1], maps[0], seed=s,
@@ -294,6 +389,7 @@ class Model:
         return out[0] if len(out) == 1 and isinstance(seed, int) else out
 
     # ---- scores ----------------------------------------------------------------------------------------------
+    @_front_door
     def attention_mask(self, image: ImageLike, prompt: str, words: str | Sequence[str], num_ddim_steps: int = 50,
                        resolution: int | None = None, keep_aspect: bool = False) -> Image.Image:
         """storemask's foreground mask (corrected mode, docs/method.md §7): the cross-attention of ``words`` in
@@ -308,6 +404,17 @@ class Model:
             return to_png(attention_mask(self.models, image, prompt, words, num_ddim_steps, resolution, keep_aspect))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+def _blend_mask(controller, latent_hw: tuple[int, int], size: tuple[int, int]) -> Image.Image | None:
+    """LocalBlend's mask of the last sampling step (the blend words' attention, or the user mask) as an 8-bit
+    image of ``size`` (W, H), white = may change; None without a blend."""
+    blend = controller.local_blend
+    if blend is None:
+        return None
+    mask = blend.mask(controller.store, tuple(latent_hw))  # (1, 1, h, w) of 0/1
+    grey = (mask[0, 0].float().cpu().numpy() * 255).astype(np.uint8)
+    return Image.fromarray(grey).resize(size, Image.Resampling.NEAREST)
 
 
 def _settings(edit: EditConfig, cfg: InvertConfig) -> dict:
@@ -326,6 +433,7 @@ def _pil(image: ImageLike) -> Image.Image:
     return as_pil(image)
 
 
+@_front_door
 def ns_lpips(source: ImageLike, edited: ImageLike, background: ImageLike, mode: str = "corrected",
              net: str = "alex", random_weights: bool = False, device: str = "cpu") -> float:
     """NS-LPIPS of one edit, as ``ns_lpips.py`` scores a case: LPIPS of the source and the edited image inside the
@@ -351,6 +459,7 @@ class _Case:
         return self.edit_mask
 
 
+@_front_door
 def pie_scores(source: ImageLike, edited: ImageLike, mask: ImageLike, source_prompt: str, target_prompt: str, *,
                random_weights: bool = False, random_size: str = "full", device: str = "cpu") -> dict[str, Any]:
     """PIE-Bench's metrics of one edit (structure distance, PSNR / LPIPS / MSE / SSIM outside ``mask``, white =

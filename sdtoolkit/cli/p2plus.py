@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_aspect:
         raise UsageError("--keep_aspect needs an input image; p2plus generates from noise: give --resolution")
     checks.check_steps(args.num_ddim_steps)
-    checks.check_finite(args.guidance_scale, "--guidance_scale")
+    checks.check_finite(args.guidance_scale, "guidance_scale")
     checks.check_size(args.resolution, False)
     for seed in seed_list:
         check_name(folder_name(seed, args.target), "--seed and --target (the output folder's name)")

@@ -24,6 +24,7 @@ from sdtoolkit.cli import flags as cli
 from sdtoolkit.cli.runs import shard, summary, table
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.naming import front_door
 from sdtoolkit.core.paths import check_writable_dir
 from sdtoolkit.core.settings import InversionMethod, Taus, to_enum
 from sdtoolkit.jobs.pie import MANIFEST_FILE, CaseResult, PieSettings, ReplacementRule, run_case
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> PieSettings:
     """Checked settings from the parsed flags."""
-    inv = cli.invert_config(args, checks.model_id(args.model, args.sd_version), prompt="", image_path="",
-                            inversion=args.method, method_flag="--method")
+    with front_door({"inversion": "--method"}):  # PIE-Bench runners call the inversion method --method
+        inv = cli.invert_config(args, checks.model_id(args.model, args.sd_version), prompt="", image_path="",
+                                inversion=args.method)
     taus = {name: one_value(items, f"--{name}")
             for name, items in values.tau_lists(lambda name: getattr(args, name)).items()}
     checks.check_size(args.resolution, False)
@@ -69,7 +71,7 @@ def settings_from(args: argparse.Namespace) -> PieSettings:
                        num_inner_steps=inv.num_inner_steps, num_epoch=inv.num_epoch,
                        guidance_scale=inv.guidance_scale, taus=Taus(**taus), use_annotation_mask=args.use_annotation_mask,
                        blend_from_brackets=args.blend_from_brackets,
-                       replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "--replacement_rule"),
+                       replacement_rule=to_enum(ReplacementRule, args.replacement_rule, "replacement_rule"),
                        seed=inv.seed, resolution=inv.resolution, keep_aspect=inv.keep_aspect, schedule=inv.schedule)
 
 

@@ -51,7 +51,7 @@ def configs(args: argparse.Namespace) -> tuple[InvertConfig, EditConfig]:
         baselines=args.baselines,
     )
     if args.blend_mask is not None:
-        checks.check_image(args.blend_mask)
+        checks.check_image(args.blend_mask, setting="blend_mask")
     checks.check_output_names(inv, None if args.is_train else edit)
     return inv, edit
 

@@ -20,14 +20,17 @@ from sdtoolkit.cli.runs import shard, summary, table
 from sdtoolkit.core import checks, values
 from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.io import case_filename
+from sdtoolkit.core.naming import front_door
 from sdtoolkit.core.paths import check_name, check_writable_dir
-from sdtoolkit.core.settings import EditConfig, EditType, InvertConfig
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InvertConfig
 from sdtoolkit.jobs.cases import read_cases, resolve_image
 
 TRAIN_COLUMNS = ("case_number", "prompt", "image_path")
 EDIT_COLUMNS = TRAIN_COLUMNS + ("target", "blend_word", "eq_params", "tau_v", "tau_c", "tau_s", "tau_u", "edit_type")
 """The reference's editing CSV columns; a tau column added later is optional (its EditConfig default)."""
 DEFAULT_TAUS = EditConfig(target=None).tau_lists()
+COLUMNS = {name: name for name in (*TAU_NAMES, "image_path")}
+"""The settings whose errors name their CSV column (a row's taus and image)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +63,11 @@ def parse_rows(df: pd.DataFrame, args: argparse.Namespace, editing: bool, templa
         edit = None
         try:
             if editing:
+                with front_door(COLUMNS):
+                    taus = values.tau_lists(lambda name: r[name] if name in r.index else DEFAULT_TAUS[name])
                 edit = EditConfig(
                     target=r["target"], edit_type=r["edit_type"].strip() or EditType.REPLACEMENT,
-                    **values.tau_lists(lambda name: r[name] if name in r.index else DEFAULT_TAUS[name],
-                                       flag=lambda name: name),
+                    **taus,
                     blend_word=values.blend_words(r["blend_word"]), eq_params=values.eq_params(r["eq_params"]),
                     outdir=str(Path(args.save_path) / Path(args.prompts_path).stem),
                 )
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in tqdm(mine, desc=f"{tag}rows", position=part.index):
         cfg = replace(template, prompt=row.prompt, image_path=row.image_path, index=row.case)
         try:
-            checks.check_image(cfg.image_path, cfg.crop)
+            with front_door(COLUMNS):
+                checks.check_image(cfg.image_path, cfg.crop)
             if not editing:
                 res = invert(models, cfg, overwrite=args.overwrite, progress=False)
                 if not res.trained:

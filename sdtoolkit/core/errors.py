@@ -1,6 +1,8 @@
 """User-facing errors: the CLIs print them as one line and exit with status 2 (:func:`one_line`)."""
 from __future__ import annotations
 
+from sdtoolkit.core.naming import name
+
 
 class UsageError(ValueError):
     """Bad input from the user (a flag, a file, a CSV row); the message says what would be valid."""
@@ -22,7 +24,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         text = f"{exc.filename}: {exc.strerror or exc}"
     elif isinstance(exc, MemoryError):
-        text = f"out of memory ({exc or 'MemoryError'}); try a smaller --resolution, --dtype bf16, --vae_tiling"
+        text = (f"out of memory ({exc or 'MemoryError'}); try a smaller {name('resolution')}, {name('dtype')} bf16, "
+                f"{name('vae_tiling')}")
     elif isinstance(exc, UsageError):
         text = str(exc)
     else:

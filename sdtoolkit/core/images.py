@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from sdtoolkit.core.checks import check_multiple
 from sdtoolkit.core.constants import MAX_ASPECT, MAX_SIDE
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.naming import name
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -47,12 +48,12 @@ def fit_size(width: int, height: int, resolution: int, keep_aspect: bool, multip
     if not keep_aspect:
         return resolution, resolution
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise UsageError(f"--keep_aspect: a {width}x{height} image is more elongated than the bound of {MAX_ASPECT}:1")
+        raise UsageError(f"{name('keep_aspect')}: a {width}x{height} image is more elongated than the bound of {MAX_ASPECT}:1")
     scale = resolution / min(width, height)
     long_side = max(multiple, round(max(width, height) * scale / multiple) * multiple)
     if long_side > MAX_SIDE:
-        raise UsageError(f"--keep_aspect --resolution {resolution}: a {width}x{height} image would be {long_side} px "
-                         f"long, over the bound of {MAX_SIDE}; lower --resolution")
+        raise UsageError(f"{name('keep_aspect')} {name('resolution')} {resolution}: a {width}x{height} image would be "
+                         f"{long_side} px long, over the bound of {MAX_SIDE}; lower {name('resolution')}")
     return (resolution, long_side) if height <= width else (long_side, resolution)
 
 

@@ -21,6 +21,7 @@ from sdtoolkit.core.attention import AttnCall, Branch, LayerInfo, unet_layers
 from sdtoolkit.core.ddim import DDIMSchedule, schedule_from_config
 from sdtoolkit.core.constants import CLIP_MEAN, CLIP_STD, SD_VERSIONS
 from sdtoolkit.core.errors import UsageError
+from sdtoolkit.core.naming import name
 from sdtoolkit.core.family import ModelFamily, describe
 from sdtoolkit.core.images import clip_pixels
 
@@ -36,9 +37,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1)") from exc
+        raise UsageError(f"{name('device')} {device!r} is not a torch device (try cpu, cuda, cuda:1)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device!r}: CUDA is not available here; use --device cpu")
+        raise UsageError(f"{name('device')} {device!r}: CUDA is not available here; use {name('device')} cpu")
     return resolved
 
 
@@ -50,7 +51,7 @@ def resolve_dtype(dtype: str | None) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.float32
     if dtype not in names:
-        raise UsageError(f"--dtype {dtype!r} is not one of auto, {', '.join(names)}")
+        raise UsageError(f"{name('dtype')} {dtype!r} is not one of auto, {', '.join(names)}")
     return names[dtype]
 
 
@@ -227,7 +228,7 @@ def _check_pipeline_folder(path: Path) -> None:
     if missing:
         found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
         raise UsageError(
-            f"--model {str(path)!r} is not a Stable Diffusion pipeline folder: missing {', '.join(m + '/' for m in missing)}"
+            f"{name('model')} {str(path)!r} is not a Stable Diffusion pipeline folder: missing {', '.join(m + '/' for m in missing)}"
             f" (found: {', '.join(found) or 'nothing'}). A diffusers SD folder has model_index.json, unet/, vae/,"
             " text_encoder/, tokenizer/ (as written by StableDiffusionPipeline.save_pretrained or"
             " `hf download CompVis/stable-diffusion-v1-4 --local-dir DIR`)."
@@ -245,7 +246,7 @@ def _load(cls, source: str, subfolder: str | None, what: str, **kwargs):
             f"could not load the {what} from {source!r}{' (HF_HUB_OFFLINE is set)' if offline else ''}: the weights are "
             "neither reachable (no network?) nor in the Hugging Face cache. On a machine with network run "
             f"`hf download {source} --local-dir ./weights/{source.split('/')[-1]}` and pass that folder with "
-            f"--model ./weights/{source.split('/')[-1]}. ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"{name('model')} ./weights/{source.split('/')[-1]}. ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from exc
 
 
@@ -326,13 +327,13 @@ def load_models(
     else:
         source = str(TOY_MODEL_DIR) if model == "toy" else model
         if model == "toy" and not TOY_MODEL_DIR.is_dir():
-            raise UsageError(f"--model toy: the shipped toy model folder {TOY_MODEL_DIR} is missing")
+            raise UsageError(f"{name('model')} toy: the shipped toy model folder {TOY_MODEL_DIR} is missing")
         path = Path(source)
         is_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
         if is_local:
             if not path.is_dir():
                 raise UsageError(
-                    f"--model {source!r}: no such folder, and not a hub id of the form owner/name "
+                    f"{name('model')} {source!r}: no such folder, and not a hub id of the form owner/name "
                     f"(known aliases: {', '.join(TINY_MODELS)}, toy, {', '.join(SD_VERSIONS)})"
                 )
             _check_pipeline_folder(path)
@@ -358,9 +359,9 @@ def load_models(
         family = describe(parts["unet"].config, parts["vae"].config, tuple(e.config.hidden_size for e in encoders),
                           scheduler_config, force_zeros)
     except ValueError as exc:
-        raise UsageError(f"--model {model!r}: {exc}") from None
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
-        net = parts.get(name)
+        raise UsageError(f"{name('model')} {model!r}: {exc}") from None
+    for key in ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
+        net = parts.get(key)
         if net is None:
             continue
         net.requires_grad_(False)
