@@ -99,7 +99,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
-                    inversion = gr.Dropdown([], value=None, label=CONTROLS["index"], elem_id="inversion",
+                    inversion = gr.Dropdown([], value=None, label=CONTROLS["index"], elem_id="inversion", allow_custom_value=True,
                                             info="this session's inversions, newest first")
                     source_prompt = gr.Textbox(label="source prompt of the inversion", interactive=False)
                     target = gr.Textbox(label=CONTROLS["target"], elem_id="target")
@@ -108,15 +108,15 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
                     sliders = {name: gr.Slider(0, 1, value=float(defaults[name]), step=0.05, label=CONTROLS[name],
                                                info=TAU_HELP[name], elem_id=name) for name in TAUS}
                     with gr.Row():
-                        blend_src = gr.Dropdown([], value=[], multiselect=True, label=f"{CONTROLS['blend_word']}: source",
+                        blend_src = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label=f"{CONTROLS['blend_word']}: source",
                                                 elem_id="blend_src")
-                        blend_tgt = gr.Dropdown([], value=[], multiselect=True, label=f"{CONTROLS['blend_word']}: target",
+                        blend_tgt = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label=f"{CONTROLS['blend_word']}: target",
                                                 elem_id="blend_tgt")
                     with gr.Row():
-                        rw_word = gr.Dropdown([], value=None, label=f"{CONTROLS['eq_params']}: word")
+                        rw_word = gr.Dropdown([], value=None, label=f"{CONTROLS['eq_params']}: word", allow_custom_value=True)
                         rw_factor = gr.Number(2.0, label=f"{CONTROLS['eq_params']}: factor")
                     with gr.Row():
-                        tc_word = gr.Dropdown([], value=None, label="tau_c per word: word")
+                        tc_word = gr.Dropdown([], value=None, label="tau_c per word: word", allow_custom_value=True)
                         tc_value = gr.Slider(0, 1, value=0.3, step=0.05, label="tau_c per word: fraction")
                     edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
                 with gr.Column():
@@ -151,9 +151,9 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
                     g_sliders = {name: gr.Slider(0, 1, value=float(sd.P2PLUS_TAUS[name]), step=0.05,
                                                  label=CONTROLS[name], info=TAU_HELP[name]) for name in TAUS[1:]}
                     with gr.Row():
-                        g_blend_src = gr.Dropdown([], value=[], multiselect=True,
+                        g_blend_src = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                   label=f"{CONTROLS['blend_word']}: source")
-                        g_blend_tgt = gr.Dropdown([], value=[], multiselect=True,
+                        g_blend_tgt = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                   label=f"{CONTROLS['blend_word']}: target")
                     g_btn = gr.Button("Generate and edit", variant="primary", elem_id="generate")
                 with gr.Column():
