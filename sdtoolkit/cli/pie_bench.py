@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -105,7 +106,9 @@ def run_summary(results: list[CaseResult], tag: str, total: int, seconds: float)
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, after_case: Callable[[CaseResult], bool] | None = None) -> int:
+    """Run the cases; ``after_case`` (the table's runner: its time budget) sees every case's result and returns
+    True to stop before the next case (the cases left are not run and are counted in the summary)."""
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     types = None if args.edit_category_list is None else check_editing_types(args.edit_category_list)
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     part = shard(args.device)
     mine, tag = part.mine(cases), part.tag
     results = [CaseResult(f.key, "failed", f.message) for f in unreadable] if part.is_main else []
-    start = time.perf_counter()
+    start, not_run = time.perf_counter(), 0
     if mine:
         models = load_models(settings.model, part.device, args.dtype, **cli.load_kwargs(args))
         checks.check_multiple(args.resolution, models.family.size_multiple)  # the size step, known once loaded
@@ -133,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             write_json(method_dir(args.output_path, settings.method) / MANIFEST_FILE,
                        manifest(settings, args, len(cases), part.count))
         bar = tqdm(mine, desc=f"{tag}{method_folder_name(settings.method)} ({settings.track})", unit="case", position=part.index)
-        for case in bar:
+        for k, case in enumerate(bar):
+            if k and after_case is not None and after_case(results[-1]):
+                not_run = len(mine) - k
+                break
             try:
                 results.append(run_case(models, case, settings, Path(args.data_path), Path(args.output_path),
                                         args.inversion_dir, args.overwrite))
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(CaseResult(case.key, "failed", f"{type(err).__name__}: {err}".splitlines()[0]))
     print(run_summary(results, tag, len(mine) + (len(unreadable) if part.is_main else 0),
                       time.perf_counter() - start), flush=True)
+    if not_run:
+        print(f"{tag}stopped between cases: {not_run} case(s) not run (the time budget is spent)", flush=True)
     if results and all(r.status == "failed" for r in results):
         return 2
     return 1 if any(r.status == "failed" for r in results) else 0

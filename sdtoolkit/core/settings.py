@@ -51,6 +51,13 @@ class InversionMethod(enum.StrEnum):
         return 3.0 if self is InversionMethod.EDICT else 7.5
 
     @property
+    def optimises(self) -> bool:
+        """Whether the method optimises per step (StyleDiffusion's mapping networks, null-text, text-embedding
+        inversion), so that ``--num_inner_steps``, ``--num_epoch`` and ``--schedule`` change what it learns."""
+        return self in (InversionMethod.STYLEDIFFUSION, InversionMethod.STYLEDIFFUSION_DIRECT, InversionMethod.NULLTEXT,
+                        InversionMethod.TEXTINV)
+
+    @property
     def default_inner_steps(self) -> int:
         """Inner iterations of step 0 when ``--num_inner_steps`` is not given (null-text: its paper's 10; text-embedding
         inversion: the reference's 10)."""

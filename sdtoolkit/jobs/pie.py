@@ -5,8 +5,9 @@ kept under the inversion folder, so another editing setting re-edits without re-
 original to the editing prompt (brackets removed) and write one image of four panels at the source's size —
 instruction text | source | reconstruction | edited — to ``{output_path}/{method}+p2p/annotation_images/{image_path}``,
 the layout PnPInversion's runner writes and its evaluator reads (it crops the right-most square). A JSON
-sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with; a case whose
-image decodes and whose sidecar matches is skipped, a truncated or unreadable one is redone (and says so).
+sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with, its seconds and its
+UNet forward passes (:func:`count_unet_passes`); a case whose image decodes and whose sidecar matches is skipped, a
+truncated or unreadable one is redone (and says so).
 
 Defaults are the settings of PIE-Bench's StyleDiffusion + P2P row (docs/method.md §4): T = 50, 100 inner
 steps, 1 epoch, guidance 7.5, tau_v .5 / tau_c .6 / tau_s .6 / tau_u 0, no blend word, no reweighting.
@@ -20,8 +21,10 @@ import enum
 import json
 import textwrap
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -207,8 +210,30 @@ def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: 
     return result
 
 
+@contextmanager
+def count_unet_passes(unet: torch.nn.Module) -> Iterator[list[int]]:
+    """Count the UNet's forward calls while the context is open (``counter[0]``; a batched call counts once, a
+    training iteration's backward is not counted): a forward pre-hook, removed on exit."""
+    counter = [0]
+
+    def count(module, args) -> None:
+        counter[0] += 1
+
+    handle = unet.register_forward_pre_hook(count)
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
 def _run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
               inversion_dir: Path) -> CaseResult:
+    with count_unet_passes(models.unet) as passes:
+        return _edit_case(models, case, settings, data_path, output_path, inversion_dir, passes)
+
+
+def _edit_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
+               inversion_dir: Path, passes: list[int]) -> CaseResult:
     start = time.perf_counter()
     edit = case_edit(case, settings, models.tokenizer)
     mask = annotation_mask(case) if settings.use_annotation_mask else None
@@ -230,6 +255,6 @@ def _run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path:
         "key": case.key, "image": str(path), "settings": settings.edit_identity(), "edit_type": edit.edit_type.value,
         "source_prompt": cfg.prompt, "target_prompt": edit.target,
         "blend_word": edit.blend_word, "inversion_file": str(cfg.path()), "inverted_now": inverted,
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3), "unet_passes": passes[0],
     })
     return CaseResult(case.key, "done", str(path), seconds, inverted)
