@@ -6,8 +6,8 @@ The Python API (:mod:`sdtoolkit.api`) is importable from here: ``sdtoolkit.load(
 imported on first use, so ``import sdtoolkit.core…`` (the CLIs' flag checks) stays light.
 """
 
-__all__ = ["API_NAMES", "Edited", "Inverted", "METHODS", "Model", "UsageError", "front_door", "image_grid", "load",
-           "ns_lpips", "pie_scores"]
+__all__ = ["API_NAMES", "BarState", "Edited", "Inverted", "METHODS", "Model", "P2PLUS_TAUS", "RECOMMENDED_TAUS",
+           "SCHEDULES", "UsageError", "front_door", "image_grid", "load", "ns_lpips", "pie_scores"]
 
 
 def __getattr__(name: str):

@@ -17,14 +17,15 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import BarState, ProgressBar, listening
 
 from sdtoolkit.control.controllers import Recording, show_cross_attention
 from sdtoolkit.core import checks, values
@@ -35,17 +36,25 @@ from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, lo
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
 from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
-from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Taus
+from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
 from sdtoolkit.jobs.edit import build_controller, edit_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
+from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
 from sdtoolkit.methods.inversions import Inversion
 
-__all__ = ["Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "UsageError", "image_grid",
-           "API_NAMES", "front_door"]
+__all__ = ["BarState", "Edited", "Inverted", "Model", "load", "ns_lpips", "pie_scores", "METHODS", "SCHEDULES",
+           "P2PLUS_TAUS", "RECOMMENDED_TAUS", "UsageError", "image_grid", "API_NAMES", "front_door"]
 
 METHODS = tuple(m.value for m in InversionMethod)
 """The registered inversion methods (``method=`` of :meth:`Model.invert`)."""
+
+SCHEDULES = tuple(s.value for s in Schedule)
+"""The inner-iteration schedules (``schedule=`` of :meth:`Model.invert`; docs/backbones.md "Speed: schedules")."""
+
+Progress = bool | Callable[[BarState], None] | None
+"""``progress=``: True prints the CLIs' tqdm bars, False none, a callable receives every bar's state instead
+(:class:`BarState`: description, count, total, postfix with step / iterations / loss); None: the model's."""
 
 CLI_ONLY = ("sd_version", "model_dir", "outdir", "replacement_rule")
 """The settings of :data:`sdtoolkit.core.naming.SETTINGS` that only the CLIs take (no API keyword)."""
@@ -74,12 +83,12 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
 @_front_door
-def load(model: str = "sd_1_4", *, device: str = "auto", dtype: str = "auto", progress: bool = True,
+def load(model: str = "sd_1_4", *, device: str = "auto", dtype: str = "auto", progress: Progress = True,
          image_encoder: str | None = None, compile: bool = False, vae_tiling: bool = False,
          vae_slicing: bool = False, gradient_checkpointing: bool = False) -> "Model":
     """Load a model once: a hub id, a local diffusers folder, ``sd_1_4`` / ``sd_1_5`` / ``sd_2_1_base`` /
     ``sd_2_1`` / ``sdxl``, ``toy`` (the shipped toy model) or ``tiny`` (random weights: noise).
-    ``progress=False`` turns every progress bar off."""
+    ``progress=False`` turns every progress bar off; a callable receives them (:data:`Progress`)."""
     model_id = SD_VERSIONS.get(model, model)
     models = load_models(model_id, device, dtype, image_encoder=image_encoder, compile_unet=compile,
                          vae_tiling=vae_tiling, vae_slicing=vae_slicing, gradient_checkpointing=gradient_checkpointing)
@@ -126,6 +135,31 @@ class Edited:
     source_attention: Image.Image | None = None  # the same for the source prompt
     seed: int | None = None  # generated edits (Model.edit_generated)
     settings: dict = field(default_factory=dict)
+    blend_mask: Image.Image | None = None  # LocalBlend's mask at the last step (white = may change), image-sized
+    config: EditConfig | None = None  # this edit (one tau combination); None for generated edits
+    source_config: InvertConfig | None = None  # the inversion it edits
+
+    @property
+    def blend_overlay(self) -> Image.Image | None:
+        """The edited image with LocalBlend's mask over it (the region that may change tinted red), or None when
+        the edit had no blend words and no user mask."""
+        if self.blend_mask is None:
+            return None
+        tint = Image.new("RGB", self.edited.size, (255, 0, 0))
+        return Image.composite(Image.blend(self.edited.convert("RGB"), tint, 0.45), self.edited.convert("RGB"),
+                               self.blend_mask)
+
+    def command(self, model_dir: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
+                outdir: str | os.PathLike | None = None) -> str:
+        """The ``stylediffusion.py --is_train ''`` command that makes this image from the saved inversion
+        (:meth:`Inverted.save`); ``model_dir`` / ``image_path`` / ``outdir`` where they are on the user's side
+        (default: as inverted, the CLI's defaults). Its ``edited_img-….png`` is this :attr:`edited`, byte for byte."""
+        if self.config is None or self.source_config is None:
+            raise UsageError("a generated edit has no inversion to edit: its command is p2plus.py's")
+        source = replace(self.source_config, **{k: str(v) for k, v in
+                                                (("model_dir", model_dir), ("image_path", image_path)) if v is not None})
+        edit = self.config if outdir is None else replace(self.config, outdir=str(outdir))
+        return source.edit_command(edit)
 
     @property
     def grid(self) -> Image.Image:
@@ -163,7 +197,7 @@ def _taus(given: dict, defaults: Mapping, names: Sequence[str] = TAU_NAMES) -> d
 class Model:
     """A loaded model and the operations on it; :func:`load` makes one."""
 
-    def __init__(self, models: SDModels, model_id: str, progress: bool = True) -> None:
+    def __init__(self, models: SDModels, model_id: str, progress: Progress = True) -> None:
         self.models = models
         self.model_id = model_id
         self.progress = progress
@@ -179,7 +213,7 @@ class Model:
                schedule: str = "reference", attn_pairing: str = "same", seed: int = 0,
                crop: tuple[int, int, int, int] = (0, 0, 0, 0), resolution: int | None = None,
                keep_aspect: bool = False, is_1word: bool = False, index: int | str = 0,
-               progress: bool | None = None) -> Inverted:
+               progress: Progress = None) -> Inverted:
         """Invert ``image`` described by ``prompt`` with ``method`` (one of :data:`METHODS`); the step counts and
         guidance default to the method's (as the CLIs). Nothing is written (:meth:`Inverted.save`)."""
         path = str(image) if isinstance(image, (str, os.PathLike)) else IN_MEMORY
@@ -194,11 +228,26 @@ class Model:
         checks.check_multiple(resolution, self.models.family.size_multiple)
         checks.check_prompt(prompt, self.models.tokenizer, is_1word)
         source = self._source(image, cfg)
-        fitted = fit(self.models, cfg, source, self.progress if progress is None else progress)
-        sidecar, latent = measure(self.models, cfg, source, fitted.inversion, fitted.log, fitted.seconds,
-                                  text=fitted.text)
+        with self._reporting(progress) as show:
+            fitted = fit(self.models, cfg, source, show)
+            sidecar, latent = measure(self.models, cfg, source, fitted.inversion, fitted.log, fitted.seconds,
+                                      text=fitted.text)
         return Inverted(cfg, fitted.inversion, source, sidecar, tensor_to_pil(self.models.decode_latent(latent)),
                         tensor_to_pil(self.models.decode_latent(source.z0)))
+
+    @contextmanager
+    def _reporting(self, progress: Progress) -> Iterator[bool]:
+        """Within the block the bars go where ``progress`` says (:data:`Progress`); yields the terminal switch the
+        jobs take."""
+        chosen = self.progress if progress is None else progress
+        with listening(chosen) if callable(chosen) else nullcontext():
+            yield bool(chosen) and not callable(chosen)
+
+    @_front_door
+    def edit_type_for(self, source: str, target: str) -> str:
+        """``"Replacement"`` when the two prompts have the same number of words, else ``"Refinement"`` (the
+        PIE-Bench runner's rule, docs/pie-bench.md)."""
+        return choose_edit_type(source, target, ReplacementRule.WORDS, self.models.tokenizer).value
 
     def _source(self, image: ImageLike, cfg: InvertConfig) -> SourceImage:
         image = image if isinstance(image, (str, os.PathLike)) else as_pil(image)
@@ -247,7 +296,8 @@ class Model:
     @_front_door
     def edit(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
              blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-             mask: ImageLike | None = None, attention_maps: bool = False, **taus: float | Mapping) -> Edited:
+             mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
+             **taus: float | Mapping) -> Edited:
         """Edit ``inverted`` into ``target`` with P2Plus and return the images.
 
         ``edit_type``: ``"Replacement"`` (same number of words) or ``"Refinement"`` (words inserted or removed);
@@ -260,13 +310,14 @@ class Model:
         for name, value in taus.items():
             if isinstance(value, (list, tuple)) and len(value) != 1:
                 raise UsageError(f"{name} {value!r}: edit takes one value per tau; use sweep for several")
+        chosen = self.progress if progress is None else progress
         return self.sweep(inverted, target, edit_type=edit_type, blend=blend, reweight=reweight, mask=mask,
-                          attention_maps=attention_maps, progress=False, **taus)[0]
+                          attention_maps=attention_maps, progress=chosen if callable(chosen) else False, **taus)[0]
 
     @_front_door
     def sweep(self, inverted: Inverted, target: str, *, edit_type: str = "Replacement",
               blend: Sequence | Mapping | None = None, reweight: Mapping | Sequence | None = None,
-              mask: ImageLike | None = None, attention_maps: bool = False, progress: bool | None = None,
+              mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
               **taus: float | Sequence | Mapping) -> list[Edited]:
         """:meth:`edit` for every combination of the tau lists (``tau_v=[.2, .6]``, ...; tau_v outermost, as the
         CLI's file order)."""
@@ -277,17 +328,19 @@ class Model:
         texts = torch.cat([models.encode_text([cfg.prompt]).float(), models.encode_text([target]).float()])
         pooled = models.encode_pooled([cfg.prompt, target])
         out = []
-        show = self.progress if progress is None else progress
-        for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not show):
-            controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
-            recorder = Recording(controller, models.layers()) if attention_maps else None
-            z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
-                             cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
-            images = models.decode_latent(z)
-            maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
-                    for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
-            out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
-                              inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg)))
+        with self._reporting(progress) as show:
+            for taus in ProgressBar(edit.combinations(), desc="tau combinations", disable=not show):
+                controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
+                recorder = Recording(controller, models.layers()) if attention_maps else None
+                z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
+                                 cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
+                images = models.decode_latent(z)
+                maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
+                        for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
+                out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
+                                  inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg),
+                                  blend_mask=_blend_mask(controller, z.shape[2:], inverted.source.pil.size),
+                                  config=edit.only(taus), source_config=cfg))
         return out
 
     @_front_door
@@ -295,7 +348,8 @@ class Model:
                        edit_type: str = "Replacement", blend: Sequence | Mapping | None = None,
                        reweight: Mapping | Sequence | None = None, num_ddim_steps: int = 50,
                        guidance_scale: float = 7.5, resolution: int | None = None,
-                       attention_maps: bool = False, **taus: float | Sequence | Mapping) -> Edited | list[Edited]:
+                       attention_maps: bool = False, progress: Progress = None,
+                       **taus: float | Sequence | Mapping) -> Edited | list[Edited]:
         """P2Plus on a *generated* image (no inversion): sample ``prompt`` from the seed's noise and edit it into
         ``target`` (the defaults are p2plus.py's: tau_c .8, tau_s .4, tau_u .5; tau_v does not apply). A list of
         seeds, or of tau values, gives a list of edits."""
@@ -317,7 +371,8 @@ class Model:
             if attention_maps:
                 recorder = Recording(build_controller(self.models, prompt, edit, num_ddim_steps, taus),
                                      self.models.layers())
-            source, edited = generator.edit_seed(s, taus, recorder)
+            with self._reporting(progress):
+                source, edited = generator.edit_seed(s, taus, recorder)
             maps = [show_cross_attention(recorder.store, p, self.models.tokenizer, batch_index=b)
                     for b, p in enumerate([prompt, target])] if recorder else [None, None]
             out.append(Edited(edited, source, source, taus, None, maps[1], maps[0], seed=s,
@@ -341,6 +396,17 @@ class Model:
             return to_png(attention_mask(self.models, image, prompt, words, num_ddim_steps, resolution, keep_aspect))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+def _blend_mask(controller, latent_hw: tuple[int, int], size: tuple[int, int]) -> Image.Image | None:
+    """LocalBlend's mask of the last sampling step (the blend words' attention, or the user mask) as an 8-bit
+    image of ``size`` (W, H), white = may change; None without a blend."""
+    blend = controller.local_blend
+    if blend is None:
+        return None
+    mask = blend.mask(controller.store, tuple(latent_hw))  # (1, 1, h, w) of 0/1
+    grey = (mask[0, 0].float().cpu().numpy() * 255).astype(np.uint8)
+    return Image.fromarray(grey).resize(size, Image.Resampling.NEAREST)
 
 
 def _settings(edit: EditConfig, cfg: InvertConfig) -> dict:

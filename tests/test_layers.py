@@ -78,7 +78,19 @@ def imported(rel: str, text: str) -> list[tuple[int, str]]:
 
 
 def test_readme_names_the_layers_in_order():
-    assert [name for name, _ in LAYERS] == ["core", "control", "methods", "jobs", "evaluation", "api", "cli", "top"]
+    assert [name for name, _ in LAYERS] == ["core", "control", "methods", "jobs", "evaluation", "api", "cli", "app",
+                                           "top"]
+
+
+def test_the_app_imports_only_the_api():
+    """The browser app is a front door on the Python API: it reaches the toolkit through ``sdtoolkit`` (the API)
+    and its own modules, nothing below."""
+    app = [p for p in sources() if p.relative_to(REPO).as_posix().startswith("sdtoolkit/app/")]
+    assert app
+    below = [f"{p.relative_to(REPO)}:{line} imports {target}" for p in app
+             for line, target in imported(p.relative_to(REPO).as_posix(), p.read_text(encoding="utf-8"))
+             if not (target.startswith("sdtoolkit/app/") or target in ("sdtoolkit/__init__.py", "sdtoolkit/api.py"))]
+    assert not below, "the app imports below the API:\n" + "\n".join(below)
 
 
 def test_every_source_file_belongs_to_a_layer():

@@ -9,7 +9,7 @@ import enum
 import itertools
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,17 @@ def to_enum(kind: type[enum.StrEnum], value: str, setting: str) -> enum.StrEnum:
         return kind(value)
     except ValueError:
         raise UsageError(f"{name(setting)} {value!r} is not one of {', '.join(m.value for m in kind)}") from None
+
+
+def command(args: list[str]) -> str:
+    """A shell command line from ``args``: Python literals with quotes are double-quoted as the reference's README
+    writes them (``--blend_word "[('dog',), ('tiger',)]"``), everything else quoted by :func:`shlex.quote`."""
+    def quote(arg: str) -> str:
+        if "'" in arg and not any(c in arg for c in '"$`\\!'):
+            return f'"{arg}"'
+        return shlex.quote(arg)
+
+    return " ".join(quote(a) for a in args)
 
 
 def _tau_text(value: float | Mapping) -> str:
@@ -206,18 +217,17 @@ class InvertConfig:
             "resolution": self.resolution, "keep_aspect": self.keep_aspect, "schedule": self.schedule, **run,
         }
 
-    def train_command(self) -> str:
-        args = ["python", "stylediffusion.py", "--is_train", "True", "--index", str(self.index), "--prompt", self.prompt,
-                "--image_path", self.image_path, "--model", self.model, "--num_inner_steps", str(self.num_inner_steps),
-                "--num_ddim_steps", str(self.num_ddim_steps)]
+    def cli_args(self) -> list[str]:
+        """The stylediffusion.py flags that select this inversion (without ``--is_train``): every setting that
+        changes the file name or what is learned, so the command finds or makes this very file."""
+        args = ["--index", str(self.index), "--prompt", self.prompt, "--image_path", self.image_path, "--model", self.model,
+                "--num_inner_steps", str(self.num_inner_steps), "--num_ddim_steps", str(self.num_ddim_steps)]
         if self.is_1word:
             args += ["--is_1word", "1"]
         if not self.w_attnloss:
             args += ["--w_attnloss", "False"]
         if self.inversion is not InversionMethod.STYLEDIFFUSION:
             args += ["--inversion", self.inversion.value]
-        # settings that change the file name or what is learned: without them the printed command trains
-        # another file (or into another folder) than the one the edit looks for
         if self.num_epoch != 1:
             args += ["--num_epoch", str(self.num_epoch)]
         if self.guidance_scale != 7.5:
@@ -236,7 +246,16 @@ class InvertConfig:
             args += ["--keep_aspect"]
         if self.schedule is not Schedule.REFERENCE:
             args += ["--schedule", self.schedule.value]
-        return shlex.join(args)
+        return args
+
+    def train_command(self) -> str:
+        """The command that trains (or finds) this inversion."""
+        return command(["python", "stylediffusion.py", "--is_train", "True", *self.cli_args()])
+
+    def edit_command(self, edit: "EditConfig") -> str:
+        """The command that edits this inversion with ``edit`` (every tau list, the blend words, the reweighting,
+        the user mask and the output folder): the CLI run that gives the same images."""
+        return command(["python", "stylediffusion.py", "--is_train", "", *self.cli_args(), *edit.cli_args()])
 
 
 @dataclass(frozen=True)
@@ -260,6 +279,23 @@ class EditConfig:
 
     def tau_lists(self) -> dict[str, list]:
         return {name: getattr(self, name) for name in TAU_NAMES}
+
+    def cli_args(self) -> list[str]:
+        """The stylediffusion.py editing flags of this request (Python literals, as the flags parse them)."""
+        args = ["--target", str(self.target), "--edit_type", self.edit_type.value]
+        for name, items in self.tau_lists().items():
+            args += [f"--{name}", repr([dict(v) if isinstance(v, Mapping) else v for v in items])]
+        if self.blend_word:
+            args += ["--blend_word", repr(list(self.blend_word))]
+        if self.eq_params:
+            args += ["--eq_params", repr(list(self.eq_params))]
+        if self.blend_mask:
+            args += ["--blend_mask", self.blend_mask]
+        return [*args, "--outdir", self.outdir]
+
+    def only(self, taus: Taus) -> "EditConfig":
+        """This request for one combination of its taus."""
+        return replace(self, **{name: [value] for name, value in taus.as_dict().items()})
 
     def combinations(self) -> list[Taus]:
         """Every combination of the tau lists, the first tau outermost (the reference's file order)."""

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.control.controllers import AttentionStore, LocalBlend, MaskBlend, P2PController, blend_word_alphas, \
     get_equalizer, show_cross_attention
@@ -164,7 +164,7 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
         swap = models.decode_latent(sample(models, models.schedule(cfg.num_ddim_steps), ddim, texts,
                                            guidance_scale=cfg.guidance_scale, pooled=pooled))
         base["baselines"] = {"second_row": list(BASELINE_COLUMNS), **note}
-    for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not progress):
+    for taus in ProgressBar(edit.combinations(), desc="tau combinations", disable=not progress):
         start = time.perf_counter()
         z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
                          blend_mask=mask, pooled=pooled)

@@ -16,7 +16,7 @@ from abc import ABC
 from typing import Callable, ClassVar
 
 import torch
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, MapRecorder, map_layers, style_processors
 from sdtoolkit.core.ddim import (DDIMSchedule, ddpm_step, edict_mix, edict_unmix, edit_friendly_latents, guided_eps,
@@ -61,7 +61,7 @@ def ddim_inversion(
     maps: list[dict[str, torch.Tensor]] = [{} for _ in range(num)]
     z = z0.float()
     with style_processors(models.unet):
-        for i in tqdm(reversed(range(num)), total=num, desc="DDIM inversion", disable=not progress, leave=False):
+        for i in ProgressBar(reversed(range(num)), total=num, desc="DDIM inversion", disable=not progress, leave=False):
             recorder = MapRecorder(record) if record else controller
             eps = models.predict(z, schedule.timesteps[i], text, AttnCall(step=i, branch=Branch.COND, controller=recorder),
                              pooled)
@@ -432,7 +432,7 @@ class EditFriendlyInversion(Inversion):
         xs = edit_friendly_latents(schedule, z0, noises)  # (T+1, 4, h, w): row T - i is the level of step i
         maps = []
         with torch.no_grad(), style_processors(models.unet):
-            for i in tqdm(range(skip, num), desc="edit-friendly inversion", disable=not progress, leave=False):
+            for i in ProgressBar(range(skip, num), desc="edit-friendly inversion", disable=not progress, leave=False):
                 z = xs[num - i][None]
                 out = guided_output(models, schedule, i, z, text, null, trace.pooled, cls.source_guidance)
                 maps.append(noise_map(schedule, i, z, xs[num - i - 1][None], out, cls.eta)[0])
@@ -494,7 +494,7 @@ class EdictInversion(Inversion):
 
         x_seq = y_seq = trace.latents[0].float()
         with torch.no_grad(), style_processors(models.unet):
-            for i in tqdm(reversed(range(skip, num)), total=num - skip, desc="EDICT inversion", disable=not progress,
+            for i in ProgressBar(reversed(range(skip, num)), total=num - skip, desc="EDICT inversion", disable=not progress,
                           leave=False):
                 x_seq, y_seq = edict_unmix(x_seq, y_seq, cls.mix)
                 if (i - skip) % 2 == 0:  # sampling updated x first, then y

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, style_processors
 from sdtoolkit.core.ddim import DDIMSchedule
@@ -79,7 +79,7 @@ def sample(
     z = inversion.start(batch)
     watch = FiniteWatch("the sampled latent")
     with torch.no_grad(), style_processors(models.unet):
-        for i in tqdm(range(inversion.first_step, schedule.num_steps), desc=desc, disable=not progress, leave=False):
+        for i in ProgressBar(range(inversion.first_step, schedule.num_steps), desc=desc, disable=not progress, leave=False):
             use = mapped(i) if mapped is not None else [True] * batch
             predict = partial(_predict, models, schedule.timesteps[i], inversion, i, texts, use, controller, explicit,
                               pooled)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, map_layers, style_processors
 from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
@@ -51,7 +51,7 @@ def optimise_step(
     params: list[torch.Tensor],
     plan: StepPlan,
     i: int,
-    bar: tqdm,
+    bar: ProgressBar,
     num_steps: int,
     what: str,
 ) -> int:
@@ -146,7 +146,7 @@ def train_mapping(
     text = text.float()
     log = TrainLog()
     plans = [step_plan(settings.schedule, settings.num_inner_steps, i, True, settings.early_stop) for i in range(num)]
-    bar = tqdm(total=settings.num_epoch * sum(p.iterations for p in plans), desc="training M_t", disable=not progress)
+    bar = ProgressBar(total=settings.num_epoch * sum(p.iterations for p in plans), desc="training M_t", disable=not progress)
     with style_processors(models.unet):
         for epoch in range(settings.num_epoch):
             z = trace.latents[num]
@@ -199,7 +199,7 @@ def train_embeddings(
     what = "null-text" if branch is Branch.UNCOND else "text-embedding"
     pooled = {Branch.COND: trace.pooled, Branch.UNCOND: None}  # SDXL: the prompt's pooled embedding / zeros
     plans = [step_plan(settings.schedule, settings.num_inner_steps, i, False, settings.early_stop) for i in range(num)]
-    bar = tqdm(total=sum(p.iterations for p in plans), desc=f"{what} inversion", disable=not progress)
+    bar = ProgressBar(total=sum(p.iterations for p in plans), desc=f"{what} inversion", disable=not progress)
 
     def guided(eps_learned: torch.Tensor, eps_fixed: torch.Tensor) -> torch.Tensor:
         if branch is Branch.UNCOND:
