@@ -57,13 +57,15 @@ Progress = bool | Callable[[BarState], None] | None
 """``progress=``: True prints the CLIs' tqdm bars, False none, a callable receives every bar's state instead
 (:class:`BarState`: description, count, total, postfix with step / iterations / loss); None: the model's."""
 
-API_NAMES: Mapping[str, str] = {**{setting: setting for setting in SETTINGS}, "image_path": "image",
-                                 "inversion": "method", "blend_word": "blend", "eq_params": "reweight",
-                                 "blend_mask": "mask"}
-"""What the API's errors call each setting (canonical name → keyword, bare: ``blend``, ``num_inner_steps``): the
-settings named as their keyword; every public function and method enters :func:`front_door` with it. A caller with
-names of its own (an app's control labels) wraps its calls in ``front_door({...})``: its names win, the settings
-it leaves out keep these."""
+CLI_ONLY = ("sd_version", "model_dir", "outdir", "replacement_rule")
+"""The settings of :data:`sdtoolkit.core.naming.SETTINGS` that only the CLIs take (no API keyword)."""
+API_NAMES: Mapping[str, str] = {**{setting: setting for setting in SETTINGS if setting not in CLI_ONLY},
+                                "image_path": "image", "inversion": "method", "blend_word": "blend",
+                                "eq_params": "reweight", "blend_mask": "mask"}
+"""What the API's errors call each setting: canonical name (the CLI flag's, :data:`sdtoolkit.core.naming.SETTINGS`)
+→ the keyword that sets it, bare (``blend``, ``num_inner_steps``). Every public function and method enters
+:func:`front_door` with it. A caller with names of its own (an app's control labels) wraps its calls in
+``front_door({...})``, a partial mapping if it likes: its names win, the settings it leaves out keep these."""
 
 
 def _front_door(fn):

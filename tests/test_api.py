@@ -104,21 +104,23 @@ def test_per_word_tau_c_user_mask_and_refinement(model, npi, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"blend": ("cat", "tiger")}, "--blend_word target word 'tiger' is not in"),
+    ({"blend": ("cat", "tiger")}, "blend target word 'tiger' is not in"),
     ({"tau_s": 1.5}, "tau_s 1.5: 1.5 is outside [0, 1]"),
-    ({"tau_c": {"tiger": 0.3}}, "--tau_c word 'tiger' is not in"),
+    ({"tau_c": {"tiger": 0.3}}, "tau_c word 'tiger' is not in"),
     ({"reweight": {"dog": "x"}}, "is not a tuple of numbers"),
-    ({"edit_type": "Swap"}, "--edit_type 'Swap' is not one of Replacement, Refinement, StoreAttn"),
+    ({"edit_type": "Swap"}, "edit_type 'Swap' is not one of Replacement, Refinement, StoreAttn"),
 ])
 def test_bad_edit_values_raise_the_clis_errors(model, npi, kwargs, message):
-    with pytest.raises(sd.UsageError, match=re.escape(message)):
+    """The CLIs' messages, naming the API's keywords (tests/test_naming.py: every common mistake)."""
+    with pytest.raises(sd.UsageError, match=re.escape(message)) as raised:
         model.edit(npi, TARGET, **kwargs)
+    assert "--" not in str(raised.value)
 
 
 def test_bad_inversion_values_raise_before_any_network_runs(model):
     with pytest.raises(sd.UsageError, match="method 'nope' is not one of stylediffusion"):
         model.invert(CAT, PROMPT, method="nope")
-    with pytest.raises(sd.UsageError, match="and --num_ddim_steps must be >= 1"):
+    with pytest.raises(sd.UsageError, match="and num_ddim_steps must be >= 1"):
         model.invert(CAT, PROMPT, method="npi", num_ddim_steps=0)
     with pytest.raises(sd.UsageError, match="does not exist"):
         model.invert("missing.png", PROMPT)
