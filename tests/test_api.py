@@ -163,3 +163,30 @@ def test_readme_first_python_example_saves_edited_png_in_a_scratch_folder(tmp_pa
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Image.open(tmp_path / "edited.png").size == (64, 64)
+
+
+def test_progress_callbacks_get_the_clis_bars_with_step_iterations_and_loss(model):
+    """One progress mechanism: the bars the CLI prints (tqdm) reach a callable, with the training bar's postfix."""
+    events: list[sd.BarState] = []
+    model.invert(CAT, PROMPT, num_ddim_steps=3, num_inner_steps=2, progress=events.append)
+    training = [e for e in events if e.desc == "training M_t"]
+    assert {e.desc for e in events} >= {"DDIM inversion", "training M_t", "sampling"}
+    assert training[-1].closed and training[-1].n == training[-1].total
+    assert re.search(r"it=\d+, loss=[0-9.e+-]+, step=3/3", training[-2].postfix), training[-2].postfix
+    assert training[-2].text().startswith(f"training M_t {training[-2].n:g}/{training[-2].total:g} (")
+
+
+def test_edit_type_rule_blend_mask_and_command(model, npi):
+    assert model.edit_type_for(PROMPT, TARGET) == "Replacement"
+    assert model.edit_type_for(PROMPT, "a big dog sitting on a rug") == "Refinement"
+    out = model.edit(npi, TARGET, blend=("cat", "dog"))
+    assert out.blend_mask.size == out.edited.size and out.blend_mask.mode == "L"
+    assert set(np.unique(np.asarray(out.blend_mask))) <= {0, 255}
+    assert out.blend_overlay.size == out.edited.size
+    assert model.edit(npi, TARGET).blend_mask is None
+    command = out.command(model_dir="bundle", image_path="bundle/cat.jpg")
+    assert "--is_train '' --index 0" in command and "--inversion npi" in command
+    assert "--model_dir bundle" in command and "--blend_word \"[('cat',), ('dog',)]\"" in command
+    assert sd.method_defaults("edict") == {"num_ddim_steps": 50, "num_inner_steps": 100, "guidance_scale": 3.0}
+    with pytest.raises(sd.UsageError, match="^method 'nope' is not one of stylediffusion"):
+        sd.method_defaults("nope")
