@@ -169,3 +169,14 @@ def test_words_pickers_and_tau_lists():
     with pytest.raises(sd.UsageError, match="tau_c values 'x'"):
         tau_list("x", "tau_c values")
     assert set(CONTROLS) <= set(sd.API_NAMES)
+
+
+def test_generated_tab_edits_the_seeds_image_as_p2plus(app, tmp_path):
+    view = app.generated(SOURCE, TARGET, seed=3, taus=dict(tau_c=.8, tau_s=.4, tau_u=.5), blend=(["red"], ["blue"]),
+                         num_ddim_steps=5, out=tmp_path)
+    assert view.edited.seed == 3 and view.edited.grid.size == (2 * 64, 64)
+    assert view.edited.attention is not None
+    assert sorted(p.name.split("-", 1)[0] for p in view.files) == ["edited_img", "grid_img"]
+    assert all(p.is_file() and p.parent.parent == tmp_path for p in view.files)
+    with pytest.raises(sd.UsageError, match="^Seed -1 is not an integer"):
+        app.generated(SOURCE, TARGET, seed=-1, taus={}, num_ddim_steps=5, out=tmp_path)
