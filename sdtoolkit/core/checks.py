@@ -85,8 +85,8 @@ def check_counts(num_inner_steps: int, num_epoch: int, num_ddim_steps: int) -> N
 def check_steps(num_ddim_steps: int) -> None:
     """1 <= T <= 1000: DDIM picks T of the scheduler's 1000 training timesteps."""
     if not 1 <= num_ddim_steps <= MAX_DDIM_STEPS:
-        raise UsageError(f"{name('num_ddim_steps')} {num_ddim_steps} is outside [1, {MAX_DDIM_STEPS}]: DDIM samples T of the "
-                         f"scheduler's {MAX_DDIM_STEPS} training timesteps")
+        raise UsageError(f"{name('num_ddim_steps')} {num_ddim_steps} is outside [1, {MAX_DDIM_STEPS}]: DDIM samples T "
+                         f"of the scheduler's {MAX_DDIM_STEPS} training timesteps")
 
 
 def check_finite(value: float, setting: str = "guidance_scale") -> float:
@@ -100,7 +100,8 @@ def check_seed(seed: int) -> int:
     """A seed torch's generators take as it is: an integer in [0, 2**64 - 1]."""
     low, high = SEED_RANGE
     if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
-        raise UsageError(f"{name('seed')} {seed!r} is not an integer in [{low}, 2**64 - 1] (what torch's generators accept)")
+        raise UsageError(f"{name('seed')} {seed!r} is not an integer in [{low}, 2**64 - 1] (what torch's generators "
+                         "accept)")
     return seed
 
 
@@ -157,7 +158,8 @@ def check_multiple(resolution: int | None, multiple: int) -> None:
         return
     below, above = resolution // multiple * multiple, (resolution // multiple + 1) * multiple
     valid = f"{below} or {above}" if below >= multiple else f"{above}"
-    raise UsageError(f"{name('resolution')} {resolution} is not a multiple of {multiple}, the model's size step; use {valid}")
+    raise UsageError(f"{name('resolution')} {resolution} is not a multiple of {multiple}, the model's size step; "
+                     f"use {valid}")
 
 
 def check_target_given(target: str | None, edit_type: EditType) -> None:
@@ -180,7 +182,8 @@ def check_prompt(prompt: str, tokenizer, is_1word: bool = False, setting: str = 
             "shorten it (the toolkit refuses rather than silently truncating)"
         )
     if is_1word and len(prompt.split()) != 1:
-        raise UsageError(f"{what} {prompt!r} has {len(prompt.split())} words but {name('is_1word')} 1 wants exactly one (e.g. 'dog')")
+        raise UsageError(f"{what} {prompt!r} has {len(prompt.split())} words but {name('is_1word')} 1 wants exactly "
+                         "one (e.g. 'dog')")
 
 
 def validate_edit(prompt: str, edit: EditConfig, tokenizer, is_1word: bool = False) -> None:
