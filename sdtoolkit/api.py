@@ -33,7 +33,7 @@ from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, lo
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
 from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Taus
-from sdtoolkit.jobs.edit import build_controller, edit_latents
+from sdtoolkit.jobs.edit import build_controller, sweep_chunks, sweep_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
 from sdtoolkit.methods.inversions import Inversion
@@ -247,16 +247,22 @@ class Model:
         pooled = models.encode_pooled([cfg.prompt, target])
         out = []
         show = self.progress if progress is None else progress
-        for taus in tqdm(edit.combinations(), desc="tau combinations", disable=not show):
-            controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
-            recorder = Recording(controller, models.layers()) if attention_maps else None
-            z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
-                             cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
-            images = models.decode_latent(z)
-            maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
-                    for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
-            out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
-                              inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg)))
+        bar = tqdm(total=len(edit.combinations()), desc="tau combinations", disable=not show)
+        for chunk in sweep_chunks(edit.combinations(), inverted.inversion):  # the source sampled once per chunk
+            controllers = [build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
+                           for taus in chunk]
+            if attention_maps:
+                controllers = [Recording(controller, models.layers()) for controller in controllers]
+            z = sweep_latents(models, inverted.inversion, cfg.prompt, edit, chunk, texts, cfg.num_ddim_steps,
+                              cfg.guidance_scale, controllers=controllers, pooled=pooled)
+            images = models.decode_latent(z)  # (1 + K, 3, H, W): the source, then each combination's target
+            for k, (taus, controller) in enumerate(zip(chunk, controllers), start=1):
+                maps = [show_cross_attention(controller.store, p, models.tokenizer, batch_index=b)
+                        for b, p in enumerate([cfg.prompt, target])] if attention_maps else [None, None]
+                out.append(Edited(tensor_to_pil(images[k]), tensor_to_pil(images[0]), inverted.source.pil, taus,
+                                  inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg)))
+            bar.update(len(chunk))
+        bar.close()
         return out
 
     def edit_generated(self, prompt: str, target: str, seed: int | Sequence[int] = 2720, *,
