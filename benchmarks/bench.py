@@ -52,6 +52,11 @@ from sdtoolkit.core.tokenizer import load_clip_tokenizer
 
 def sd14_random(device: torch.device, dtype: torch.dtype) -> SDModels:
     """The SD 1.4 architecture (UNet, VAE, CLIP ViT-L/14 text) and CLIP ViT-B/16 vision, random weights."""
+    with torch.device(device):  # built where it runs (a GPU initialises the random weights far faster than the host)
+        return _sd14_random(device, dtype)
+
+
+def _sd14_random(device: torch.device, dtype: torch.dtype) -> SDModels:
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
                                 block_out_channels=(320, 640, 1280, 1280))
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
@@ -473,6 +478,7 @@ def measure(models: SDModels, reference: bool, iters: int, warmup: int, steps: i
         "full_training_s_extrapolated": first["full_training_s"],
         "s_per_edit_combination": by_inversion[methods[0].value],
         "by_schedule": by_schedule,
+        "step_passes_s": step_passes_s,  # the per-step passes besides the iterations (full training = passes · ms + this)
         "by_inversion": by_inversion,
         "edit_steps_timed": steps,
         "train_peak_gib": train_peak,
