@@ -238,7 +238,8 @@ class Model:
               mask: ImageLike | None = None, attention_maps: bool = False, progress: bool | None = None,
               **taus: float | Sequence | Mapping) -> list[Edited]:
         """:meth:`edit` for every combination of the tau lists (``tau_v=[.2, .6]``, ...; tau_v outermost, as the
-        CLI's file order)."""
+        CLI's file order); the source is sampled once per chunk of combinations, each combination getting its own
+        edit's images (docs/backbones.md, "Speed: sweeps share the source")."""
         cfg, models = inverted.config, self.models
         edit = self._edit_config(cfg.prompt, target, edit_type, _taus(taus, {}), blend, reweight)
         checks.validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)

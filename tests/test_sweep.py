@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Taus
-from sdtoolkit.jobs.edit import SWEEP_TARGETS, edit_latents, sweep_chunks, sweep_latents
+from sdtoolkit.jobs.edit import SWEEP_TARGETS, edit_latents, run_edit, sweep_chunks, sweep_latents
 from sdtoolkit.jobs.invert import fit, load_source
 from sdtoolkit.methods.inversions import ProxNPIInversion
 
@@ -129,3 +129,19 @@ def test_prox_npi_samples_one_combination_at_a_time(tiny):
     edit = EditConfig(target=DOG, tau_c=[0.2, 0.5])
     with pytest.raises(ValueError, match="one combination at a time"):
         sweep_latents(tiny, prox, SOURCE, edit, combos[:2], tiny.encode_text([SOURCE, DOG]).float(), T)
+
+
+def test_the_cli_edit_job_samples_a_sweep_in_one_batch(tiny, trained, tmp_path):
+    """``run_edit`` (stylediffusion.py, stylediffusion_csv.py) shares the source: 2 combinations, batch 3 at every
+    UNet call; the per-combination files and sidecars as before."""
+    rows: list[int] = []
+    hook = tiny.unet.register_forward_pre_hook(lambda module, args: rows.append(int(args[0].shape[0])))
+    edit = EditConfig(target="a tiger sitting on a rug", tau_v=[0.5, 0.8], outdir=str(tmp_path))
+    try:
+        written = run_edit(tiny, trained, edit, progress=False)
+    finally:
+        hook.remove()
+    assert rows == [3] * (2 * trained.num_ddim_steps)
+    assert [p.name for p in written] == [name for taus in edit.combinations()
+                                         for name in (f"edited_img-{taus.stem()}.png", f"grid_img-{taus.stem()}.png")]
+    assert all(p.with_suffix(".json").is_file() for p in written if p.name.startswith("edited_img-"))
