@@ -38,7 +38,7 @@ from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
 from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus, \
     to_enum
-from sdtoolkit.jobs.edit import build_controller, edit_latents
+from sdtoolkit.jobs.edit import build_controller, sweep_chunks, sweep_latents
 from sdtoolkit.jobs.invert import IN_MEMORY, SourceImage, fit, load_inversion, load_source, measure
 from sdtoolkit.jobs.p2plus import Generator
 from sdtoolkit.jobs.pie import ReplacementRule, choose_edit_type
@@ -330,7 +330,8 @@ class Model:
               mask: ImageLike | None = None, attention_maps: bool = False, progress: Progress = None,
               **taus: float | Sequence | Mapping) -> list[Edited]:
         """:meth:`edit` for every combination of the tau lists (``tau_v=[.2, .6]``, ...; tau_v outermost, as the
-        CLI's file order)."""
+        CLI's file order); the source is sampled once per chunk of combinations, each combination getting its own
+        edit's images (docs/backbones.md, "Speed: sweeps share the source")."""
         cfg, models = inverted.config, self.models
         edit = self._edit_config(cfg.prompt, target, edit_type, _taus(taus, {}), blend, reweight)
         checks.validate_edit(cfg.prompt, edit, models.tokenizer, cfg.is_1word)
@@ -339,18 +340,23 @@ class Model:
         pooled = models.encode_pooled([cfg.prompt, target])
         out = []
         with self._reporting(progress) as show:
-            for taus in ProgressBar(edit.combinations(), desc="tau combinations", disable=not show):
-                controller = build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
-                recorder = Recording(controller, models.layers()) if attention_maps else None
-                z = edit_latents(models, inverted.inversion, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps,
-                                 cfg.guidance_scale, controller=recorder or controller, pooled=pooled)
-                images = models.decode_latent(z)
-                maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
-                        for b, p in enumerate([cfg.prompt, target])] if recorder else [None, None]
-                out.append(Edited(tensor_to_pil(images[1]), tensor_to_pil(images[0]), inverted.source.pil, taus,
-                                  inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg),
-                                  blend_mask=_blend_mask(controller, z.shape[2:], inverted.source.pil.size),
-                                  config=edit.only(taus), source_config=cfg))
+            bar = ProgressBar(total=len(edit.combinations()), desc="tau combinations", disable=not show)
+            for chunk in sweep_chunks(edit.combinations(), inverted.inversion):  # the source sampled once per chunk
+                controllers = [build_controller(models, cfg.prompt, edit, cfg.num_ddim_steps, taus, blend_mask)
+                               for taus in chunk]
+                recorders = [Recording(c, models.layers()) for c in controllers] if attention_maps else controllers
+                z = sweep_latents(models, inverted.inversion, cfg.prompt, edit, chunk, texts, cfg.num_ddim_steps,
+                                  cfg.guidance_scale, controllers=recorders, pooled=pooled)
+                images = models.decode_latent(z)  # (1 + K, 3, H, W): the source, then each combination's target
+                for k, (taus, controller, recorder) in enumerate(zip(chunk, controllers, recorders), start=1):
+                    maps = [show_cross_attention(recorder.store, p, models.tokenizer, batch_index=b)
+                            for b, p in enumerate([cfg.prompt, target])] if attention_maps else [None, None]
+                    out.append(Edited(tensor_to_pil(images[k]), tensor_to_pil(images[0]), inverted.source.pil, taus,
+                                      inverted.vae_reconstruction, maps[1], maps[0], settings=_settings(edit, cfg),
+                                      blend_mask=_blend_mask(controller, z.shape[2:], inverted.source.pil.size),
+                                      config=edit.only(taus), source_config=cfg))
+                bar.update(len(chunk))
+            bar.close()
         return out
 
     @_front_door

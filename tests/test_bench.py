@@ -26,4 +26,8 @@ def test_bench_tiny_cpu_prints_table_and_ratios(tmp_path):
     assert data["ratios"]["train_iter_speedup"] > 0
     assert data["overhead_train"] > 0 and data["overhead_edit"] > 0  # loop / bare UNet, timed side by side
     assert "overhead (b): training iteration" in proc.stdout
-    assert data["unet_passes"]["edit_combination_unet_calls"] == 2 * 3
+    # UNet rows (batch elements) per combination, counted: [source, target] through both branches at 3 steps for
+    # one combination; the source once for 8 targets in a sweep of 8 (issue 28's target: K = 8 <= 0.6x K = 1)
+    assert data["sweep_rows_per_combination_k1"] == 2 * 2 * 3
+    assert data["sweep_rows_per_combination_k8"] == (1 + 8) * 2 * 3 / 8
+    assert data["sweep_rows_per_combination_k8"] <= 0.6 * data["sweep_rows_per_combination_k1"]

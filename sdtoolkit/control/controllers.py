@@ -26,6 +26,7 @@ __all__ = [
     "MaskBlend",
     "P2PController",
     "Recording",
+    "SweepController",
     "get_equalizer",
     "get_time_words_attention_alpha",
     "get_word_inds",
@@ -281,6 +282,38 @@ class Recording:
 
     def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return self.inner.step_callback(z, step)
+
+
+class SweepController:
+    """K controllers, each made for its own pair [source, target_k], on one batch [source, target_1 … target_K].
+
+    A sweep samples the source once for all its tau combinations (docs/backbones.md, "Speed: sweeps share the
+    source"): the controllers change only target rows, so the source row is the same computation in every
+    combination. Controller k sees the rows [0, k] of each call, exactly the batch of its own separate edit,
+    and keeps its own state (attention store, LocalBlend mask); its returned target row replaces row k. A
+    controller that does not want a layer's probabilities leaves its row as computed."""
+
+    def __init__(self, controllers: Sequence) -> None:
+        self.controllers = list(controllers)
+
+    def wants_probs(self, layer: LayerInfo, call: AttnCall) -> bool:
+        return any(c.wants_probs(layer, call) for c in self.controllers)
+
+    def on_probs(self, probs: torch.Tensor, layer: LayerInfo, call: AttnCall) -> torch.Tensor:
+        """probs (1 + K, h, Q, K') → the same with each target row edited by its own controller."""
+        rows = [probs[:1]]
+        for k, controller in enumerate(self.controllers, start=1):
+            if controller.wants_probs(layer, call):
+                rows.append(controller.on_probs(torch.cat([probs[:1], probs[k:k + 1]]), layer, call)[1:])
+            else:
+                rows.append(probs[k:k + 1])
+        return torch.cat(rows)
+
+    def step_callback(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        """Latents (1 + K, 4, h, w): each controller blends its own pair [source, target_k]."""
+        rows = [z[:1]] + [c.step_callback(torch.cat([z[:1], z[k:k + 1]]), step)[1:]
+                          for k, c in enumerate(self.controllers, start=1)]
+        return torch.cat(rows)
 
 
 def blend_word_alphas(prompts: Sequence[str], words: Sequence[Sequence[str]], tokenizer) -> torch.Tensor:

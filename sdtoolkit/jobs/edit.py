@@ -5,17 +5,18 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
-from sdtoolkit.core.progress import ProgressBar
 
-from sdtoolkit.control.controllers import AttentionStore, LocalBlend, MaskBlend, P2PController, blend_word_alphas, \
-    get_equalizer, show_cross_attention
+from sdtoolkit.control.controllers import AttentionStore, LocalBlend, MaskBlend, P2PController, SweepController, \
+    blend_word_alphas, get_equalizer, show_cross_attention
 from sdtoolkit.core.checks import validate_edit
 from sdtoolkit.core.images import decodes, image_grid, load_mask, tensor_to_pil
 from sdtoolkit.core.io import save_image, write_json
 from sdtoolkit.core.mapping import sidecar_path
 from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.progress import ProgressBar
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Taus
 from sdtoolkit.jobs.invert import SourceImage, existing_result, invert, load_inversion, load_source, versions
 from sdtoolkit.methods.inversions import DDIMInversion, Inversion
@@ -101,6 +102,47 @@ def edit_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig
                   guidance_scale, controller, pooled=pooled)
 
 
+SWEEP_TARGETS = 8
+"""Target rows sampled together in a sweep at a 64 × 64 latent (SD 1.x at 512²): one batch of 1 + 8 prompts, 18
+UNet rows per step over the two guidance branches. A larger latent takes proportionally fewer (SD 2.1 at 768²: 3,
+SDXL at 1024²: 2), a smaller one more; the bound keeps a sweep's activations and materialised attention
+probabilities within ~4.5× those of one edit (docs/backbones.md, "Speed: sweeps share the source")."""
+SWEEP_LATENT_AREA = 64 * 64
+
+
+def sweep_chunks(combinations: Sequence[Taus], inv: Inversion, targets: int = SWEEP_TARGETS) -> list[list[Taus]]:
+    """The combinations in the groups a sweep samples together, in order: ``targets`` per group at a 64 × 64 latent,
+    scaled by the inverse of the latent's area (at least 1); one per group for a method whose source row depends on
+    the target rows (:attr:`Inversion.shares_source` False: ProxEdit's batch-wide threshold)."""
+    h, w = inv.z_T.shape[-2:]
+    size = max(1, targets * SWEEP_LATENT_AREA // (h * w)) if inv.shares_source else 1
+    combos = list(combinations)
+    return [combos[k:k + size] for k in range(0, len(combos), size)]
+
+
+def sweep_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfig, combinations: Sequence[Taus],
+                  texts: torch.Tensor, num_steps: int, guidance_scale: float = 7.5,
+                  controllers: Sequence | None = None, blend_mask: torch.Tensor | None = None,
+                  pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`edit_latents` for K combinations at once, the source sampled once: one batch [source, target × K]
+    (``texts`` and ``pooled`` are the pair's, (2, …)), each target row with its own combination's value path
+    (learned input for steps < tau_v·T), controller and controller state (:class:`SweepController`; ``controllers``:
+    one per combination, default :func:`build_controller`'s). Returns latents (1 + K, 4, h, w): row 0 the source,
+    row k the target of ``combinations[k - 1]``; rows [0, k] equal that combination's own edit up to float noise of
+    the batch size. Only for a method with :attr:`Inversion.shares_source` (else one combination per call)."""
+    combos = list(combinations)
+    if len(combos) > 1 and not inv.shares_source:
+        raise ValueError(f"{inv.name.value}: its source row depends on the target rows; sample one combination at a time")
+    if controllers is None:
+        controllers = [build_controller(models, prompt, edit, num_steps, taus, blend_mask) for taus in combos]
+    k = len(combos)
+    batch_texts = torch.cat([texts[:1], texts[1:2].expand(k, -1, -1)])  # (1 + K, L, D)
+    batch_pooled = None if pooled is None else torch.cat([pooled[:1], pooled[1:2].expand(k, -1)])  # (1 + K, P)
+    return sample(models, models.schedule(num_steps), inv, batch_texts,
+                  lambda i: [True] + [taus.value_mapped(i, num_steps) for taus in combos], guidance_scale,
+                  SweepController(controllers), pooled=batch_pooled)
+
+
 BASELINE_COLUMNS = ("DDIM inversion, source prompt", "DDIM with word swap (target prompt, no P2P)",
                     "DDIM inversion + P2P", "null-text + P2P")
 
@@ -120,17 +162,20 @@ def nulltext_for_baselines(models: SDModels, cfg: InvertConfig, source: SourceIm
     return inv, {"nulltext_file": str(nt_cfg.path()), "nulltext_trained_now": trained}
 
 
-def baseline_row(models: SDModels, cfg: InvertConfig, edit: EditConfig, taus: Taus, texts: torch.Tensor,
-                 ddim: Inversion, nulltext: Inversion, swap: torch.Tensor, blend_mask: torch.Tensor | None,
-                 pooled: torch.Tensor | None = None) -> list:
-    """The comparison images of :data:`BASELINE_COLUMNS` for one tau combination (``swap``: the decoded DDIM
-    samples of [source, target] without a controller, shared by every combination; the same blending as the edit)."""
-    ddim_p2p = edit_latents(models, ddim, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                            blend_mask=blend_mask, pooled=pooled)
-    nt_p2p = edit_latents(models, nulltext, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                          blend_mask=blend_mask, pooled=pooled)
-    edited = models.decode_latent(torch.cat([ddim_p2p[1:], nt_p2p[1:]]))
-    return [tensor_to_pil(swap[0]), tensor_to_pil(swap[1]), tensor_to_pil(edited[0]), tensor_to_pil(edited[1])]
+def baseline_rows(models: SDModels, cfg: InvertConfig, edit: EditConfig, combinations: Sequence[Taus],
+                  texts: torch.Tensor, ddim: Inversion, nulltext: Inversion, swap: torch.Tensor,
+                  blend_mask: torch.Tensor | None, pooled: torch.Tensor | None = None) -> list[list]:
+    """The comparison images of :data:`BASELINE_COLUMNS` for each of ``combinations`` (one sweep per baseline;
+    ``swap``: the decoded DDIM samples of [source, target] without a controller, shared by every combination; the
+    same blending as the edit)."""
+    ddim_p2p = sweep_latents(models, ddim, cfg.prompt, edit, combinations, texts, cfg.num_ddim_steps,
+                             cfg.guidance_scale, blend_mask=blend_mask, pooled=pooled)
+    nt_p2p = sweep_latents(models, nulltext, cfg.prompt, edit, combinations, texts, cfg.num_ddim_steps,
+                           cfg.guidance_scale, blend_mask=blend_mask, pooled=pooled)
+    edited = models.decode_latent(torch.cat([ddim_p2p[1:], nt_p2p[1:]]))  # (2K, 3, H, W): DDIM's K, then null-text's
+    k = len(combinations)
+    swapped = [tensor_to_pil(swap[0]), tensor_to_pil(swap[1])]
+    return [swapped + [tensor_to_pil(edited[j]), tensor_to_pil(edited[k + j])] for j in range(k)]
 
 
 def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bool = True) -> list[Path]:
@@ -164,19 +209,26 @@ def run_edit(models: SDModels, cfg: InvertConfig, edit: EditConfig, progress: bo
         swap = models.decode_latent(sample(models, models.schedule(cfg.num_ddim_steps), ddim, texts,
                                            guidance_scale=cfg.guidance_scale, pooled=pooled))
         base["baselines"] = {"second_row": list(BASELINE_COLUMNS), **note}
-    for taus in ProgressBar(edit.combinations(), desc="tau combinations", disable=not progress):
+    bar = ProgressBar(total=len(edit.combinations()), desc="tau combinations", disable=not progress)
+    for chunk in sweep_chunks(edit.combinations(), inv):  # the source sampled once per chunk
         start = time.perf_counter()
-        z = edit_latents(models, inv, cfg.prompt, edit, taus, texts, cfg.num_ddim_steps, cfg.guidance_scale,
-                         blend_mask=mask, pooled=pooled)
-        images = models.decode_latent(z)
-        rec, edited = tensor_to_pil(images[0]), tensor_to_pil(images[1])
-        row = [source.pil, vae_rec, rec, edited]
-        if edit.baselines:
-            row += baseline_row(models, cfg, edit, taus, texts, ddim, nulltext, swap, mask, pooled)
-        written.append(save_image(folder / f"edited_img-{taus.stem()}.png", edited))
-        written.append(save_image(folder / f"grid_img-{taus.stem()}.png", image_grid(row, columns=4)))
-        write_json(folder / f"edited_img-{taus.stem()}.json", {
-            **base, "tau": taus.as_dict(),
-            "seconds": round(time.perf_counter() - start, 3), "files": [str(p) for p in written[-2:]],
-        })
+        z = sweep_latents(models, inv, cfg.prompt, edit, chunk, texts, cfg.num_ddim_steps, cfg.guidance_scale,
+                          blend_mask=mask, pooled=pooled)
+        images = models.decode_latent(z)  # (1 + K, 3, H, W)
+        rec = tensor_to_pil(images[0])
+        extra = baseline_rows(models, cfg, edit, chunk, texts, ddim, nulltext, swap, mask, pooled) \
+            if edit.baselines else [[] for _ in chunk]
+        shared = (time.perf_counter() - start) / len(chunk)  # each combination's share of the chunk's sampling
+        for k, taus in enumerate(chunk, start=1):
+            start = time.perf_counter()
+            edited = tensor_to_pil(images[k])
+            row = [source.pil, vae_rec, rec, edited] + extra[k - 1]
+            written.append(save_image(folder / f"edited_img-{taus.stem()}.png", edited))
+            written.append(save_image(folder / f"grid_img-{taus.stem()}.png", image_grid(row, columns=4)))
+            write_json(folder / f"edited_img-{taus.stem()}.json", {
+                **base, "tau": taus.as_dict(),
+                "seconds": round(shared + time.perf_counter() - start, 3), "files": [str(p) for p in written[-2:]],
+            })
+        bar.update(len(chunk))
+    bar.close()
     return written

@@ -77,6 +77,10 @@ class Inversion(ABC):
     """What a method learned: z_T plus the per-step unconditional embedding and value-path input."""
 
     name: ClassVar[InversionMethod]
+    shares_source: ClassVar[bool] = True
+    """Whether the source row of a sampling is independent of the target rows beside it, so that a sweep samples
+    the source once for all its combinations (``sdtoolkit.jobs.edit.sweep_latents``); a method whose step mixes
+    the rows of the batch says False and each combination is sampled as its own [source, target] batch."""
 
     def __init__(self, z_T: torch.Tensor, null: torch.Tensor) -> None:
         self.z_T = z_T.float()  # the DDIM-inverted z_T (also what --baselines and the sidecar's DDIM figure start from)
@@ -378,6 +382,7 @@ class ProxNPIInversion(KeepsInversionLatents, NegativePromptInversion):
     (the runner's "inversion guidance"). A lone source reconstruction is plain NPI, as the runner's."""
 
     name = InversionMethod.PROXNPI
+    shares_source = False  # the proximal threshold is a quantile over the whole batch: the rows depend on each other
     quantile: ClassVar[float] = 0.75  # the published runner: prox "l0", quantile .75
     recon_t: ClassVar[int] = 400
     recon_lr: ClassVar[float] = 1.0
