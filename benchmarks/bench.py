@@ -231,7 +231,7 @@ def edit_inversion(method: InversionMethod, z0: torch.Tensor, null: torch.Tensor
     """The timed edit's inversion from z_0 (the direct method's inversion latents: z_0 at every level)."""
     inv = EDIT_METHODS[method](z0, null, mapping, features)
     if method is InversionMethod.STYLEDIFFUSION_DIRECT:
-        inv.latents = z0.expand(steps + 1, -1, -1, -1)[:, 0:z0.shape[1]].clone()  # (T+1, 4, h, w)
+        inv.latents = z0.expand(steps + 1, -1, -1, -1).clone()  # (T+1, 4, h, w)
     return inv
 
 
@@ -539,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
             del models
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.compile:  # the overhead and the sweep rows on an uncompiled UNet (no recompiles for new batch sizes)
+        del models
+        models = get_models(args, resolve_dtype(args.dtype))
     torch.manual_seed(0)
     overhead = None if args.only_default else measure_overhead(models, args.iters, args.overhead_rounds,
                                                                args.edit_steps)

@@ -45,13 +45,18 @@ def known_images() -> torch.Tensor:
 
 @pytest.fixture
 def stub_edit(monkeypatch):
-    """``edit_latents`` → a sentinel latent; decoding the sentinel gives :func:`known_images` (everything else is
-    decoded by the tiny VAE). Returns the list of (prompt, target, texts) the stub was called with."""
+    """``edit_latents`` (PIE-Bench) and ``sweep_latents`` (the edit job, one combination here) → a sentinel latent;
+    decoding the sentinel gives :func:`known_images` (everything else is decoded by the tiny VAE). Returns the list
+    of (prompt, target, texts) the stub was called with."""
     calls = []
 
     def fake_edit_latents(models, inv, prompt, edit, taus, texts, *args, **kwargs):
         calls.append((prompt, edit.target, texts.detach().clone()))
         return torch.full((2, 4, SIZE // 2, SIZE // 2), SENTINEL)
+
+    def fake_sweep_latents(models, inv, prompt, edit, combinations, texts, *args, **kwargs):
+        assert len(combinations) == 1
+        return fake_edit_latents(models, inv, prompt, edit, combinations[0], texts)
 
     real_decode = SDModels.decode_latent
 
@@ -61,7 +66,7 @@ def stub_edit(monkeypatch):
         return real_decode(self, z)
 
     monkeypatch.setattr(pie, "edit_latents", fake_edit_latents)
-    monkeypatch.setattr(edit_job, "edit_latents", fake_edit_latents)
+    monkeypatch.setattr(edit_job, "sweep_latents", fake_sweep_latents)
     monkeypatch.setattr(SDModels, "decode_latent", decode)
     return calls
 

@@ -132,7 +132,8 @@ def sweep_latents(models: SDModels, inv: Inversion, prompt: str, edit: EditConfi
     the batch size. Only for a method with :attr:`Inversion.shares_source` (else one combination per call)."""
     combos = list(combinations)
     if len(combos) > 1 and not inv.shares_source:
-        raise ValueError(f"{inv.name.value}: its source row depends on the target rows; sample one combination at a time")
+        raise ValueError(f"{inv.name.value}: its source row depends on the target rows; "
+                         "sample one combination at a time")
     if controllers is None:
         controllers = [build_controller(models, prompt, edit, num_steps, taus, blend_mask) for taus in combos]
     k = len(combos)
