@@ -182,8 +182,8 @@ class Actions:
                       attention_maps=not sweep, progress=progress, **values)
         edits = list(out) if sweep else [out]
         files = []
-        for k, edited in enumerate(edits):
-            folder = kept.folder / "edits" / f"{_slug(target)}"
+        folder = kept.folder / "edits" / _slug(target)
+        for edited in edits:
             files += edited.save(folder)[:1]
             files.append(_write_sidecar(folder, edited, kept))
         command = edits[0].command(model_dir=kept.folder.name, image_path=f"{kept.folder.name}/{_source(kept)}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Kept", "Sessions"]
+__all__ = ["Kept", "Sessions", "folder_name"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Sessions:
         """A new folder for the session's next inversion (``{root}/{session}/inversion-{n}``)."""
         with self._lock:
             n = self._counts[session] = self._counts.get(session, 0) + 1
-        return self.root / _safe(session) / f"inversion-{n}"
+        return self.root / folder_name(session) / f"inversion-{n}"
 
     def add(self, session: str, kept: Kept) -> list[str]:
         """Keep ``kept`` as the session's newest; returns the messages of what was dropped to stay in bounds."""
@@ -84,6 +84,6 @@ class Sessions:
             return sum(len(v) for v in self._kept.values())
 
 
-def _safe(session: str) -> str:
+def folder_name(session: str) -> str:
     """A session id as one folder name (Gradio's are hex; anything else is reduced to letters and digits)."""
     return "".join(c for c in session if c.isalnum())[:64] or "anonymous"

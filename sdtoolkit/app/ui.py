@@ -17,6 +17,7 @@ import gradio as gr
 
 import sdtoolkit as sd
 from sdtoolkit.app.actions import CONTROLS, Actions, tau_list, words_of
+from sdtoolkit.app.sessions import folder_name
 
 __all__ = ["build"]
 
@@ -253,7 +254,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
             view = actions.generated(text, text_target, seed=_int(seed_value) or 0, edit_type=_edit_type(kind),
                                      taus=dict(zip(TAUS[1:], (tc, ts, tu))), blend=(src_words or (), tgt_words or ()),
                                      num_ddim_steps=_int(num_steps) or 50, guidance_scale=float(scale),
-                                     out=out_root / "generated" / _session_folder(request.session_hash),
+                                     out=out_root / "generated" / folder_name(request.session_hash),
                                      progress=_reporter(progress))
             out = view.edited
             return "", out.grid, out.source_attention, out.attention, [str(p) for p in view.files]
@@ -267,10 +268,6 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
 def _int(value) -> int | None:
     """A number field's value as an int (None when empty)."""
     return None if value is None or value == "" else int(value)
-
-
-def _session_folder(session: str) -> str:
-    return "".join(c for c in session if c.isalnum())[:64] or "anonymous"
 
 
 def default_out_root() -> Path:
