@@ -86,8 +86,8 @@ class StepPlan:
 
 def starts_from_text(schedule: Schedule) -> bool:
     """Whether StyleDiffusion's M_0 starts as the identity on the text (c̃ = c) instead of the default init: the
-    fast schedule's start, which puts step 0's first loss ≈ 10× lower on the toy model (docs/method.md §3a)."""
-    return Schedule(schedule) is Schedule.FAST
+    fast and light schedules' start, which puts step 0's first loss ≈ 10× lower on the toy model (docs/method.md §3a)."""
+    return Schedule(schedule) is not Schedule.REFERENCE
 
 
 def step_plan(schedule: Schedule, num_inner_steps: int, i: int, decaying: bool = True,
@@ -97,6 +97,8 @@ def step_plan(schedule: Schedule, num_inner_steps: int, i: int, decaying: bool =
     cap = inner_steps(num_inner_steps, i) if decaying else num_inner_steps
     if Schedule(schedule) is Schedule.REFERENCE:
         return StepPlan(cap, learning_rate(i), early_stop_threshold(i) if early_stop else None, None, REFERENCE_WINDOW)
+    if Schedule(schedule) is Schedule.LIGHT:
+        return StepPlan(cap, learning_rate(i), None, None, cap)
     if i == 0:
         return StepPlan(cap, learning_rate(i), None, FAST_PLATEAU, FAST_WINDOW_FIRST)
     return StepPlan(max(cap, FAST_FLOOR), learning_rate(i), None, FAST_PLATEAU, FAST_WINDOW, FAST_WARMUP)
