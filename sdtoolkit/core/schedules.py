@@ -30,7 +30,7 @@ FAST_WINDOW = 2
 """Iterations between two looks at the loss from step 1 on in the fast schedule (the plateau test compares windows)."""
 FAST_WARMUP = 2
 """Iterations over which the fast schedule's learning rate ramps up (lr/2, lr) from step 1 on."""
-FAST_FLOOR = 3
+FAST_FLOOR = 5
 """From step 1 on the fast schedule runs at least this many iterations per step: the published cap falls to 1–2
 for the last ten steps of T = 50, which set the final reconstruction."""
 FAST_PLATEAU = 0.05
