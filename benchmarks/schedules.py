@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=1, help="distinct source images to train (first ones)")
     p.add_argument("--num_ddim_steps", type=int, default=50)
     p.add_argument("--num_inner_steps", type=int, default=100)
-    p.add_argument("--schedules", nargs="+", default=[s.value for s in Schedule], choices=[s.value for s in Schedule])
+    p.add_argument("--schedules", nargs="+", default=[Schedule.REFERENCE.value, Schedule.FAST.value],
+                   choices=[s.value for s in Schedule], help="light is for stylediffusion_direct, at a small --num_inner_steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ a process) and reuse the session's tiny model instead of building it again.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import runpy
 import shlex
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from sdtoolkit.core.settings import InvertConfig
+from sdtoolkit.jobs.invert import missing_result
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "stylediffusion.py")
@@ -187,6 +191,33 @@ def test_editing_before_training_prints_the_training_command(work, inproc):
     for flag, value in (("--index", "1"), ("--prompt", PROMPT), ("--image_path", CAT), ("--model", "tiny"),
                         ("--num_inner_steps", "3"), ("--num_ddim_steps", "10"), ("--model_dir", str(model_dir))):
         assert command[command.index(flag) + 1] == value, (flag, command)
+
+
+def test_editing_a_result_of_another_schedule_names_it_and_its_flag(work, inproc):
+    """A result trained with --schedule fast, edited without the flag: the error names the fast file and the flag
+    that selects it (not only "train first", which would train the same image again)."""
+    model_dir = work / "fast-only"
+    code, _, err = inproc(_args(README_TRAIN, model_dir) + ["--schedule", "fast"], work)
+    assert code == 0, err[-2000:]
+    code, _, err = inproc(_args(README_EDIT, model_dir), work)
+    line = _assert_usage_error(code, err, "no trained result", "learnv-fast-[1].safetensors exists",
+                               "(edit it with --schedule fast)", "train first with: ")
+    assert "--inversion" not in line.split("train first with: ")[0]
+
+
+def test_editing_a_result_of_another_inversion_names_it_and_its_flags(tmp_path):
+    """The same for a result of another --inversion (and schedule): every existing sibling and its flags."""
+    cfg = InvertConfig(prompt=PROMPT, image_path=CAT, model="tiny", index=1, model_dir=str(tmp_path))
+    assert missing_result(cfg, cfg.path()) == f"no trained result at {cfg.path()}; train first with: {cfg.train_command()}"
+    others = [dataclasses.replace(cfg, inversion="nulltext"),
+              dataclasses.replace(cfg, inversion="stylediffusion_direct", schedule="fast")]
+    for other in others:
+        other.path().parent.mkdir(parents=True, exist_ok=True)
+        other.path().touch()
+    message = missing_result(cfg, cfg.path())
+    assert f"{others[0].path()} exists (edit it with --inversion nulltext)" in message
+    assert f"{others[1].path()} exists (edit it with --inversion stylediffusion_direct --schedule fast)" in message
+    assert message.endswith(f"; or train first with: {cfg.train_command()}")
 
 
 @pytest.fixture(scope="module")

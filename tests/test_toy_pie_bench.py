@@ -1,10 +1,12 @@
 """Toy PIE-Bench writer: the folder reads back through the PIE-Bench reader, masks cover the edited region."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from sdtoolkit.jobs.pie_data import load_benchmark
-from toyworld.pie_bench import EDIT_TYPE_IDS, load_ground_truth, main, target_image, write_toy_pie_bench
+from toyworld.pie_bench import EDIT_TYPE_IDS, load_ground_truth, main, share_inversions, target_image, write_toy_pie_bench
 from toyworld.scenes import render
 
 
@@ -36,3 +38,21 @@ def test_toy_pie_bench_cli_refuses_a_written_folder(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--n", "1"]) == 0
     assert main(["--out", str(tmp_path), "--n", "1"]) == 2
     assert "already holds mapping_file.json" in capsys.readouterr().err
+
+
+def test_share_inversions_gives_each_case_its_scenes_result(tmp_path):
+    """A scene's one saved inversion is copied to its other cases' file names (sidecar: their index, shared_from);
+    other scenes' cases and existing files are left alone."""
+    mapping = write_toy_pie_bench(tmp_path / "data", 2, 0, 16)
+    first, second = list(mapping)[:3], list(mapping)[3:]
+    folder = tmp_path / "inv" / "model_learnv"
+    folder.mkdir(parents=True)
+    (folder / f"model-inner100-epoch1-learnv-[{first[0]}].safetensors").write_bytes(b"tensors")
+    (folder / f"model-inner100-epoch1-learnv-[{first[0]}].json").write_text(json.dumps({"index": first[0]}))
+    assert share_inversions(tmp_path / "data", tmp_path / "inv") == 2
+    for key in first[1:]:
+        assert (folder / f"model-inner100-epoch1-learnv-[{key}].safetensors").read_bytes() == b"tensors"
+        sidecar = json.loads((folder / f"model-inner100-epoch1-learnv-[{key}].json").read_text())
+        assert sidecar == {"index": key, "shared_from": first[0]}
+    assert not any(f"[{key}]" in p.name for p in folder.iterdir() for key in second)
+    assert share_inversions(tmp_path / "data", tmp_path / "inv") == 0

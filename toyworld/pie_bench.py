@@ -181,6 +181,31 @@ def target_image(truth: ToyTruth) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def share_inversions(data: Path, inversion_dir: Path) -> int:
+    """Give every case the saved inversion of its scene: the cases of one scene share the source image and prompt,
+    but the PIE-Bench runner names an inversion by case key, so it would train the same scene once per edit. For
+    each result file ``…-[KEY].safetensors`` under ``inversion_dir`` (+ its sidecar), a copy is written for every other
+    case of the same source (image bytes and source prompt) that has none. Returns the copies written."""
+    mapping = json.loads((data / MAPPING_FILE).read_text())
+    scenes: dict[tuple[bytes, str], list[str]] = {}
+    for key, item in mapping.items():
+        source = ((data / IMAGES_DIR / item["image_path"]).read_bytes(), item["original_prompt"].replace("[", "").replace("]", ""))
+        scenes.setdefault(source, []).append(key)
+    written = 0
+    for keys in scenes.values():
+        for key in keys:
+            for result in inversion_dir.glob(f"model_*/*-[[]{key}[]].safetensors"):
+                sidecar = json.loads(result.with_suffix(".json").read_text())
+                for other in keys:
+                    target = result.with_name(result.name.replace(f"[{key}]", f"[{other}]"))
+                    if other == key or target.exists():
+                        continue
+                    target.write_bytes(result.read_bytes())
+                    write_json(target.with_suffix(".json"), {**sidecar, "index": other, "shared_from": key})
+                    written += 1
+    return written
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
@@ -193,12 +218,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=20, help="number of scenes (3 cases each)")
     parser.add_argument("--seed", type=int, default=0, help=f"scene seeds are {HELDOUT_SEED_START} + seed*{SEED_STRIDE} + k")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (the toy model's is 64)")
+    parser.add_argument("--share_inversions", type=Path, default=None, metavar="INVERSION_DIR",
+                        help="instead of writing --out: copy each scene's saved inversion under INVERSION_DIR to the "
+                             "scene's other cases (the runner then edits them without training the scene again)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the folder; exit 2 with one line for bad input."""
     args = parse_args(argv)
+    if args.share_inversions is not None:
+        print(f"shared {share_inversions(args.out, args.share_inversions)} inversions under {args.share_inversions}")
+        return 0
     try:
         if args.n < 1 or args.size < 8 or args.seed < 0:
             raise UsageError(f"--n {args.n} --size {args.size} --seed {args.seed}: need n >= 1, size >= 8, seed >= 0")

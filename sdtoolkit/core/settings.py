@@ -78,6 +78,7 @@ class Schedule(enum.StrEnum):
 
     REFERENCE = "reference"
     FAST = "fast"
+    LIGHT = "light"
 
 
 class AttnPairing(enum.StrEnum):
@@ -209,6 +210,18 @@ class InvertConfig:
         """The reference's file name; a non-reference schedule adds its name (``…-learnv-fast-[1]``)."""
         tag = self.inversion.tag + ("" if self.schedule is Schedule.REFERENCE else f"-{self.schedule.value}")
         return self.folder() / f"model-inner{self.num_inner_steps}-epoch{self.num_epoch}-{tag}-[{self.index}].safetensors"
+
+    def siblings(self) -> list[InvertConfig]:
+        """This inversion with every other ``--inversion`` × ``--schedule``: the results an edit may have been
+        meant for (a missing result names the ones that exist and the flags that select them)."""
+        return [replace(self, inversion=method, schedule=schedule) for method in InversionMethod for schedule in Schedule
+                if (method, schedule) != (self.inversion, self.schedule)]
+
+    def selecting_flags(self, other: InvertConfig) -> str:
+        """The ``--inversion`` / ``--schedule`` flags that turn this configuration into ``other``."""
+        flags = [f"--inversion {other.inversion.value}"] if other.inversion is not self.inversion else []
+        flags += [f"--schedule {other.schedule.value}"] if other.schedule is not self.schedule else []
+        return " ".join(flags)
 
     def identity(self, image_sha256: str, model_fingerprint: str, run: Mapping[str, Any]) -> dict:
         """What a saved result must match to be reused: image, weights and every setting that changes it.

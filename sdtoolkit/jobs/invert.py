@@ -202,6 +202,15 @@ def worse_than_ddim(reconstruction: dict) -> bool:
     return reconstruction["trained_latent_mse"] > reconstruction["ddim_cfg_latent_mse"]
 
 
+def missing_result(cfg: InvertConfig, path: Path) -> str:
+    """The message for an edit whose result is not at ``path``: the results of the same image and index made with
+    another ``--inversion`` or ``--schedule`` (and the flags that select them), then the command that trains this one."""
+    found = [f"{other.path()} exists (edit it with {cfg.selecting_flags(other)})"
+             for other in cfg.siblings() if other.path().is_file()]
+    return (f"no trained result at {path}; " + "; ".join(found) + ("; or " if found else "")
+            + f"train first with: {cfg.train_command()}")
+
+
 def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, text: torch.Tensor,
                    null: torch.Tensor, path: Path | None = None) -> tuple[Inversion, dict]:
     """Load a saved inversion (at ``path``, default ``cfg.path()``) and check it was made for this prompt, image,
@@ -210,7 +219,7 @@ def load_inversion(models: SDModels, cfg: InvertConfig, source: SourceImage, tex
     try:
         tensors, sidecar = load_learned(path)
     except FileNotFoundError:
-        raise UsageError(f"no trained result at {path}; train first with: {cfg.train_command()}") from None
+        raise UsageError(missing_result(cfg, path)) from None
     except UnreadableResult as exc:
         raise _damaged(exc, cfg) from None
     if sidecar.get("prompt") != cfg.prompt:
