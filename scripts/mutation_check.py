@@ -35,6 +35,8 @@ OUTPUTS = "tests/test_pinned_outputs.py"
 BACKBONES = "tests/test_pinned_backbones.py"
 SCHEDULES = "tests/test_schedules.py"
 PIE_ROWS = "tests/test_pie_inversions.py"
+API_TESTS = "tests/test_api.py"
+APP = "tests/test_app.py"
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("PIE rows: ProxNPI pulls to the inversion at every timestep", "sdtoolkit/methods/inversions.py",
            "if schedule.timesteps[i] < self.recon_t:", "if True:",
            (PIE_ROWS,)),
+    # the browser app (issue 27): what its page relies on from the API, and its sessions
+    Mutant("progress: bars never report to the listener", "sdtoolkit/core/progress.py",
+           "self._listener = _LISTENER.get()", "self._listener = None",
+           (API_TESTS + "::test_progress_callbacks_get_the_clis_bars_with_step_iterations_and_loss",)),
+    Mutant("edit command forgets the inversion's --model_dir", "sdtoolkit/core/settings.py",
+           'if str(self.model_dir) != ".":', "if False:",
+           (API_TESTS + "::test_edit_type_rule_blend_mask_and_command",)),
+    Mutant("app sessions drop the most recently used inversion", "sdtoolkit/app/sessions.py",
+           "label, old = mine.popitem(last=False)", "label, old = mine.popitem(last=True)",
+           (APP + "::test_sessions_keep_the_most_recently_used_inversions_and_say_what_they_drop",)),
 )
 
 
