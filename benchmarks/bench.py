@@ -46,7 +46,8 @@ from sdtoolkit.methods.sampler import sample
 from sdtoolkit.methods.training import optimise_step, stylediffusion_loss
 from sdtoolkit.core.io import write_json
 from sdtoolkit.core.mapping import MappingNetworks
-from sdtoolkit.core.models import SDModels, compile_repeated_blocks, load_models, resolve_device, resolve_dtype
+from sdtoolkit.core.models import SDModels, compile_repeated_blocks, count_unet, load_models, resolve_device, \
+    resolve_dtype
 from sdtoolkit.core.tokenizer import load_clip_tokenizer
 
 
@@ -241,24 +242,6 @@ def sweep_combinations(k: int) -> list[Taus]:
             for j in range(k)]
 
 
-class RowCounter:
-    """Counts the batch elements of every UNet forward (a forward pre-hook), e.g. the rows of a sweep."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.rows = 0
-        self.unet = unet
-
-    def __enter__(self) -> "RowCounter":
-        self.handle = self.unet.register_forward_pre_hook(self.count)
-        return self
-
-    def count(self, module, args) -> None:
-        self.rows += int(args[0].shape[0])
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-
-
 def sweep(models: SDModels, inv, prompt: str, edit: EditConfig, combos: list[Taus], texts: torch.Tensor,
           steps: int, shared: bool) -> None:
     """A sweep as ``run_edit`` samples it (``shared``: the source once per chunk) or one sampling per combination."""
@@ -286,7 +269,7 @@ def measure_sweep(models: SDModels, steps: int, k: int, timing: bool, rounds: in
     edit = EditConfig(target=tgt, blend_word=(("cat",), ("dog",)), eq_params=(("dog",), (2.0,)))
     out: dict = {}
     for n in (1, 8):
-        with RowCounter(models.unet) as counter:
+        with count_unet(models.unet) as counter:
             sweep(models, inv, prompt, edit, sweep_combinations(n), texts, steps, shared=True)
         out[f"sweep_rows_per_combination_k{n}"] = counter.rows / n
     out["sweep_rows_ratio_k8_k1"] = out["sweep_rows_per_combination_k8"] / out["sweep_rows_per_combination_k1"]

@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from sdtoolkit.core.progress import BarState, ProgressBar, listening
 
 from sdtoolkit.control.controllers import Recording, show_cross_attention
 from sdtoolkit.core import checks, values
@@ -36,6 +35,7 @@ from sdtoolkit.core.images import as_pil, binary_mask, fit_image, image_grid, lo
 from sdtoolkit.core.mapping import UnreadableResult, load_learned, save_learned
 from sdtoolkit.core.naming import SETTINGS, front_door
 from sdtoolkit.core.models import SDModels, load_models, resolve_device
+from sdtoolkit.core.progress import BarState, ProgressBar, listening
 from sdtoolkit.core.settings import TAU_NAMES, EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus, \
     to_enum
 from sdtoolkit.jobs.edit import build_controller, sweep_chunks, sweep_latents
@@ -155,9 +155,9 @@ class Edited:
         the edit had no blend words and no user mask."""
         if self.blend_mask is None:
             return None
-        tint = Image.new("RGB", self.edited.size, (255, 0, 0))
-        return Image.composite(Image.blend(self.edited.convert("RGB"), tint, 0.45), self.edited.convert("RGB"),
-                               self.blend_mask)
+        edited = self.edited.convert("RGB")
+        tinted = Image.blend(edited, Image.new("RGB", edited.size, (255, 0, 0)), 0.45)
+        return Image.composite(tinted, edited, self.blend_mask)
 
     def command(self, model_dir: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
                 outdir: str | os.PathLike | None = None) -> str:

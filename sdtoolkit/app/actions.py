@@ -12,11 +12,12 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from PIL import Image
 
 import sdtoolkit as sd
+from sdtoolkit.api import Progress
 from sdtoolkit.app.sessions import Kept, Sessions
 
 __all__ = ["Actions", "CONTROLS", "EditView", "GeneratedView", "InvertView", "IMAGE_SUFFIXES", "words_of"]
@@ -33,7 +34,6 @@ CONTROLS: dict[str, str] = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """Image files the app offers from its examples folder and keeps an upload's suffix for."""
 
-Progress = Callable[["sd.BarState"], None] | None
 
 
 def words_of(prompt: str | None) -> list[str]:
@@ -167,15 +167,13 @@ class Actions:
         prompt = kept.inverted.config.prompt
         with sd.front_door(CONTROLS):
             if not (target or "").strip():
-                raise sd.UsageError(f"{CONTROLS['target']} is empty: type the edited prompt, e.g. "
-                                    f"{prompt.replace(words_of(prompt)[-1], 'tiger') if words_of(prompt) else 'a tiger'!r}")
+                raise sd.UsageError(f"{CONTROLS['target']} is empty: type the edited prompt, e.g. 'a photo of a tiger'")
             chosen = edit_type or self.model.edit_type_for(prompt, target)
             values = dict(taus)
             if tau_c_words:
-                values["tau_c"] = [{**dict(tau_c_words), "default_": float(c)}
-                                   for c in (values["tau_c"] if sweep else [values["tau_c"]])]
-                if not sweep:
-                    values["tau_c"] = values["tau_c"][0]
+                def per_word(c: float) -> dict:
+                    return {**tau_c_words, "default_": float(c)}
+                values["tau_c"] = [per_word(c) for c in values["tau_c"]] if sweep else per_word(values["tau_c"])
             words = _blend(blend)
             run = self.model.sweep if sweep else self.model.edit
             out = run(kept.inverted, target, edit_type=chosen, blend=words, reweight=reweight or None,
@@ -183,12 +181,11 @@ class Actions:
         edits = list(out) if sweep else [out]
         files = []
         folder = kept.folder / "edits" / _slug(target)
-        for edited in edits:
+        commands = [_command(edited, kept) for edited in edits]
+        for edited, command in zip(edits, commands):
             files += edited.save(folder)[:1]
-            files.append(_write_sidecar(folder, edited, kept))
-        command = edits[0].command(model_dir=kept.folder.name, image_path=f"{kept.folder.name}/{_source(kept)}",
-                                   outdir="stylediffusion-results/app")
-        return EditView(edits, command, files)
+            files.append(_write_sidecar(folder, edited, kept, command))
+        return EditView(edits, commands[0], files)
 
     # ---- generated images ----------------------------------------------------------------------------------
     def generated(self, prompt: str, target: str, *, seed: int, edit_type: str | None = None,
@@ -218,9 +215,11 @@ def _blend(blend: tuple[Sequence[str], Sequence[str]]) -> tuple | None:
     return source, target
 
 
-def _source(kept: Kept) -> str:
-    """The bundle's source image file name."""
-    return next(p.name for p in kept.folder.iterdir() if p.name.startswith("source"))
+def _command(edited: "sd.Edited", kept: Kept) -> str:
+    """The CLI line that remakes ``edited`` in a checkout where the bundle of ``kept`` was unzipped."""
+    source = Path(kept.inverted.config.image_path).name  # the copy in the bundle that was inverted
+    return edited.command(model_dir=kept.folder.name, image_path=f"{kept.folder.name}/{source}",
+                          outdir="stylediffusion-results/app")
 
 
 def _slug(text: str) -> str:
@@ -228,11 +227,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:80] or "edit"
 
 
-def _write_sidecar(folder: Path, edited: "sd.Edited", kept: Kept) -> Path:
+def _write_sidecar(folder: Path, edited: "sd.Edited", kept: Kept, command: str) -> Path:
     """``edited_img-{taus}.json`` beside the PNG: the settings, the taus and the command that remakes it."""
     path = folder / f"edited_img-{edited.taus.stem()}.json"
-    command = edited.command(model_dir=kept.folder.name, image_path=f"{kept.folder.name}/{_source(kept)}",
-                             outdir="stylediffusion-results/app")
     data = {**edited.settings, "tau": edited.taus.as_dict(), "inversion": kept.label, "command": command}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")

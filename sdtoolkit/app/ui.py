@@ -167,7 +167,9 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
             values = sd.method_defaults(method_name)
             return values["num_inner_steps"], values["num_ddim_steps"], values["guidance_scale"]
 
-        method.change(published, method, [inner, steps, guidance], queue=False, show_progress="hidden")
+        quiet = dict(queue=False, show_progress="hidden")
+        one_at_a_time = dict(concurrency_id="model", concurrency_limit=1)  # every button that runs the model
+        method.change(published, method, [inner, steps, guidance], **quiet)
 
         # ---- word pickers follow the prompts (once typed: on leaving the box or Enter) ---------------------------
         def choices(text: str, chosen: list[str] | None):
@@ -181,7 +183,6 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
         def follow_target(text, blend_words, reweighted, per_word):
             return choices(text, blend_words), single(text, reweighted), single(text, per_word)
 
-        quiet = dict(queue=False, show_progress="hidden")
         gr.on([target.blur, target.submit], follow_target, [target, blend_tgt, rw_word, tc_word],
               [blend_tgt, rw_word, tc_word], **quiet)
         source_prompt.change(choices, [source_prompt, blend_src], blend_src, **quiet)
@@ -192,7 +193,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
             kept = actions.sessions.get(request.session_hash, label)
             return kept.inverted.config.prompt if kept else ""
 
-        inversion.input(pick, [inversion], source_prompt, queue=False, show_progress="hidden")
+        inversion.input(pick, [inversion], source_prompt, **quiet)
 
         # ---- invert ----------------------------------------------------------------------------------------------
         @_handled(5)
@@ -210,11 +211,12 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
         invert_btn.click(do_invert, [upload, example, prompt, method, schedule, inner, steps, guidance, seed,
                                      resolution, keep_aspect],
                          [status, panels, figures, bundle, inversion, source_prompt],
-                         api_name="invert", concurrency_id="model", concurrency_limit=1)
+                         api_name="invert", **one_at_a_time)
 
         # ---- edit and sweep ----------------------------------------------------------------------------------
-        def edit_args(label, text, kind, src_words, tgt_words, word, factor, per_word, per_word_value):
-            return dict(label=label, target=text, edit_type=_edit_type(kind), blend=(src_words or (), tgt_words or ()),
+        def edit_args(kind, src_words, tgt_words, word, factor, per_word, per_word_value) -> dict:
+            """The edit's keywords of :meth:`Actions.edit` from the Edit tab's controls."""
+            return dict(edit_type=_edit_type(kind), blend=(src_words or (), tgt_words or ()),
                         reweight={word: float(factor)} if word else None,
                         tau_c_words={per_word: float(per_word_value)} if per_word else None)
 
@@ -223,29 +225,28 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
         @_handled(7)
         def do_edit(label, text, kind, src_words, tgt_words, word, factor, per_word, per_word_value, tv, tc, ts, tu,
                     request: gr.Request, progress=gr.Progress()):
-            args = edit_args(label, text, kind, src_words, tgt_words, word, factor, per_word, per_word_value)
-            view = actions.edit(request.session_hash, args.pop("label"), args.pop("target"),
-                                taus=dict(zip(TAUS, (tv, tc, ts, tu))), progress=_reporter(progress), **args)
+            view = actions.edit(request.session_hash, label, text, taus=dict(zip(TAUS, (tv, tc, ts, tu))),
+                                progress=_reporter(progress),
+                                **edit_args(kind, src_words, tgt_words, word, factor, per_word, per_word_value))
             out = view.edited[0]
             return ("", out.edited, view.command, [str(p) for p in view.files], out.grid, out.blend_overlay,
                     out.source_attention, out.attention)
 
         edit_btn.click(do_edit, [*shared, *sliders.values()],
                        [status, edited, command, edit_files, grid, overlay, src_maps, tgt_maps],
-                       api_name="edit", concurrency_id="model", concurrency_limit=1)
+                       api_name="edit", **one_at_a_time)
 
         @_handled(2)
         def do_sweep(label, text, kind, src_words, tgt_words, word, factor, per_word, per_word_value, tv, tc, ts, tu,
                      request: gr.Request, progress=gr.Progress()):
-            args = edit_args(label, text, kind, src_words, tgt_words, word, factor, per_word, per_word_value)
             taus = {name: tau_list(value, CONTROLS[name]) for name, value in zip(TAUS, (tv, tc, ts, tu))}
-            view = actions.edit(request.session_hash, args.pop("label"), args.pop("target"), taus=taus, sweep=True,
-                                progress=_reporter(progress), **args)
+            view = actions.edit(request.session_hash, label, text, taus=taus, sweep=True, progress=_reporter(progress),
+                                **edit_args(kind, src_words, tgt_words, word, factor, per_word, per_word_value))
             return ("", [(e.edited, " ".join(f"{k} {v}" for k, v in e.taus.as_dict().items())) for e in view.edited],
                     [str(p) for p in view.files])
 
         sweep_btn.click(do_sweep, [*shared, *lists.values()], [status, gallery, sweep_files],
-                        api_name="sweep", concurrency_id="model", concurrency_limit=1)
+                        api_name="sweep", **one_at_a_time)
 
         # ---- generated ------------------------------------------------------------------------------------------
         @_handled(4)
@@ -261,7 +262,7 @@ def build(actions: Actions, model_name: str, out_root: Path) -> gr.Blocks:
 
         g_btn.click(do_generate, [g_prompt, g_target, g_type, g_seed, g_steps, g_guidance, *g_sliders.values(),
                                   g_blend_src, g_blend_tgt], [status, g_grid, g_src_maps, g_tgt_maps, g_files],
-                    api_name="generate", concurrency_id="model", concurrency_limit=1)
+                    api_name="generate", **one_at_a_time)
     return page
 
 

@@ -10,8 +10,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -409,3 +411,29 @@ def save_pipeline_folder(models: SDModels, path: str | os.PathLike) -> Path:
                       "tokenizer_2": ["transformers", "CLIPTokenizer"], "force_zeros_for_empty_prompt": True})
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+@dataclass
+class UNetCalls:
+    """The UNet's forward calls (a batched call counts once; a training iteration's backward is not a call) and the
+    batch rows they carried, counted while :func:`count_unet` is open."""
+
+    calls: int = 0
+    rows: int = 0
+
+
+@contextmanager
+def count_unet(unet: torch.nn.Module) -> Iterator[UNetCalls]:
+    """Count ``unet``'s forward calls and rows inside the block (a forward pre-hook, removed on exit): the PIE-Bench
+    runner's UNet passes per case, the benchmark's rows per sweep combination."""
+    counted = UNetCalls()
+
+    def count(module: torch.nn.Module, args: tuple) -> None:
+        counted.calls += 1
+        counted.rows += int(args[0].shape[0])  # the latent batch (B, 4, h, w)
+
+    handle = unet.register_forward_pre_hook(count)
+    try:
+        yield counted
+    finally:
+        handle.remove()

@@ -15,7 +15,7 @@ per ``window`` iterations.
   every weight by ≈ lr, which on the toy model raises the loss several-fold and costs the reference 20–30
   iterations per step to recover. (3) The step stops when the loss stops improving: once the best loss of the
   last ``window`` iterations is not ``plateau`` (relatively) below the best before it (windows of 5 at
-  step 0, of 2 after). (4) From step 1 on every step may run at least :data:`FAST_FLOOR` iterations. The
+  step 0, of 2 after). (4) From step 1 on every step's cap is at least :data:`FAST_FLOOR` iterations. The
   constants were tuned on the seed-0 toy scenes and are reported on held-out ones; tests/test_schedules.py pins
   each of them.
 * ``light`` (ours, for ``stylediffusion_direct``, whose reconstruction is exact whatever M_t learned): M_0 from

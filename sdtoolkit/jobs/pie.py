@@ -6,7 +6,7 @@ original to the editing prompt (brackets removed) and write one image of four pa
 instruction text | source | reconstruction | edited — to ``{output_path}/{method}+p2p/annotation_images/{image_path}``,
 the layout PnPInversion's runner writes and its evaluator reads (it crops the right-most square). A JSON
 sidecar per case (``{method}+p2p/cases/{key}.json``) records the settings it was made with, its seconds and its
-UNet forward passes (:func:`count_unet_passes`); a case whose image decodes and whose sidecar matches is skipped, a
+UNet forward passes (:func:`sdtoolkit.core.models.count_unet`); a case whose image decodes and whose sidecar matches is skipped, a
 truncated or unreadable one is redone (and says so).
 
 Defaults are the settings of PIE-Bench's StyleDiffusion + P2P row (docs/method.md §4): T = 50, 100 inner
@@ -21,10 +21,8 @@ import enum
 import json
 import textwrap
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -35,7 +33,7 @@ from sdtoolkit.core.errors import UsageError
 from sdtoolkit.core.images import decodes, tensor_to_pil
 from sdtoolkit.core.io import result_lock, save_image, write_json
 from sdtoolkit.core.paths import contained
-from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.models import SDModels, UNetCalls, count_unet
 from sdtoolkit.core.settings import EditConfig, EditType, InversionMethod, InvertConfig, Schedule, Taus
 from sdtoolkit.core.words import word_spans
 from sdtoolkit.jobs.edit import edit_latents
@@ -210,30 +208,14 @@ def run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: 
     return result
 
 
-@contextmanager
-def count_unet_passes(unet: torch.nn.Module) -> Iterator[list[int]]:
-    """Count the UNet's forward calls while the context is open (``counter[0]``; a batched call counts once, a
-    training iteration's backward is not counted): a forward pre-hook, removed on exit."""
-    counter = [0]
-
-    def count(module, args) -> None:
-        counter[0] += 1
-
-    handle = unet.register_forward_pre_hook(count)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
 def _run_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
               inversion_dir: Path) -> CaseResult:
-    with count_unet_passes(models.unet) as passes:
-        return _edit_case(models, case, settings, data_path, output_path, inversion_dir, passes)
+    with count_unet(models.unet) as counted:
+        return _edit_case(models, case, settings, data_path, output_path, inversion_dir, counted)
 
 
 def _edit_case(models: SDModels, case: PieCase, settings: PieSettings, data_path: Path, output_path: Path,
-               inversion_dir: Path, passes: list[int]) -> CaseResult:
+               inversion_dir: Path, counted: UNetCalls) -> CaseResult:
     start = time.perf_counter()
     edit = case_edit(case, settings, models.tokenizer)
     mask = annotation_mask(case) if settings.use_annotation_mask else None
@@ -255,6 +237,6 @@ def _edit_case(models: SDModels, case: PieCase, settings: PieSettings, data_path
         "key": case.key, "image": str(path), "settings": settings.edit_identity(), "edit_type": edit.edit_type.value,
         "source_prompt": cfg.prompt, "target_prompt": edit.target,
         "blend_word": edit.blend_word, "inversion_file": str(cfg.path()), "inverted_now": inverted,
-        "seconds": round(seconds, 3), "unet_passes": passes[0],
+        "seconds": round(seconds, 3), "unet_passes": counted.calls,
     })
     return CaseResult(case.key, "done", str(path), seconds, inverted)

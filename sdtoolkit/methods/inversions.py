@@ -16,7 +16,6 @@ from abc import ABC
 from typing import Callable, ClassVar
 
 import torch
-from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, MapRecorder, map_layers, style_processors
 from sdtoolkit.core.ddim import (DDIMSchedule, ddpm_step, edict_mix, edict_unmix, edit_friendly_latents, guided_eps,
@@ -24,6 +23,7 @@ from sdtoolkit.core.ddim import (DDIMSchedule, ddpm_step, edict_mix, edict_unmix
                                  undo_sample_step)
 from sdtoolkit.core.mapping import MappingNetworks, mapping_from_tensors
 from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.progress import ProgressBar
 from sdtoolkit.core.settings import InversionMethod, TrainSettings
 from sdtoolkit.methods.sampler import Predict, check_finite
 from sdtoolkit.methods.training import InversionTrace, TrainLog, train_embeddings, train_mapping

@@ -6,12 +6,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttentionController, AttnCall, Branch, style_processors
 from sdtoolkit.core.ddim import DDIMSchedule
 from sdtoolkit.core.errors import NonFiniteError
 from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.progress import ProgressBar
 
 __all__ = ["NonFiniteError", "check_finite", "latent_mse", "sample"]
 

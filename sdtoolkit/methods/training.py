@@ -12,12 +12,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from sdtoolkit.core.progress import ProgressBar
 
 from sdtoolkit.core.attention import AttnCall, Branch, MapRecorder, map_layers, style_processors
 from sdtoolkit.core.ddim import DDIMSchedule, guided_eps, sample_step
 from sdtoolkit.core.mapping import MappingNetworks
 from sdtoolkit.core.models import SDModels
+from sdtoolkit.core.progress import ProgressBar
 from sdtoolkit.core.schedules import StepPlan, starts_from_text, step_plan
 from sdtoolkit.core.settings import AttnPairing, TrainSettings
 from sdtoolkit.methods.sampler import NonFiniteError, check_finite
